@@ -1,0 +1,20 @@
+//! openraft glue for Cairn. openraft's types stay in here; the server talks to
+//! [`RaftNode`].
+//!
+//! Modules:
+//! - [`node`]: [`RaftNode`]: start/bootstrap, `write`, `read_index`, status.
+//! - [`log_store`]: the raft log in its own redb file, group commit on a writer thread.
+//! - [`state_machine`]: applies committed entries to `cairn_storage::Store`; snapshots.
+//! - [`network`]: the peer network (none yet: one-voter groups only).
+//! - [`codec`]: byte formats of entries, votes and snapshot meta.
+//! - [`types`]: the openraft type configuration.
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{NodeConfig, RaftNode, RaftStatus, WriteError};
+pub use state_machine::ApplyListener;

@@ -1,0 +1,215 @@
+//! The raft state machine: [`cairn_storage::Store`] plus snapshot files.
+//!
+//! Applies are committed without fsync (`Durability::None`): the raft log is durable, and
+//! after a crash the store reopens at its last durable commit and openraft re-applies the
+//! committed entries after it. The store is made durable at least every
+//! [`DURABLE_EVERY`] and before every snapshot, and the log is purged only up to a
+//! snapshot, so the log always covers what the store may have lost.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_storage::{ApplyEntry, BatchOutcome, Command, Store};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use tokio::sync::Mutex;
+
+use crate::codec;
+use crate::types::*;
+
+/// The longest the store goes without a durable commit while applying.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Called after every applied batch, with what it did (events for watches, revisions).
+pub type ApplyListener = Arc<dyn Fn(&BatchOutcome) + Send + Sync>;
+
+struct Inner {
+    store: Arc<Store>,
+    snapshot_dir: PathBuf,
+    /// Serializes apply, snapshot build and install: an export reads the applied state and
+    /// the data in one view.
+    lock: Mutex<SmState>,
+    listener: std::sync::Mutex<Option<ApplyListener>>,
+}
+
+struct SmState {
+    last_durable: Instant,
+    receiving: u64,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Msg(String);
+impl std::fmt::Display for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Msg {}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    sto_err(ErrorVerb::Write, e)
+}
+
+impl StateMachine {
+    pub fn new(store: Arc<Store>, snapshot_dir: PathBuf) -> Result<StateMachine, StorageError> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(sm_err)?;
+        Ok(StateMachine {
+            inner: Arc::new(Inner {
+                store,
+                snapshot_dir,
+                lock: Mutex::new(SmState { last_durable: Instant::now(), receiving: 0 }),
+                listener: std::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn set_listener(&self, l: ApplyListener) {
+        *self.inner.listener.lock().expect("listener lock poisoned") = Some(l);
+    }
+
+    fn current_paths(&self) -> (PathBuf, PathBuf) {
+        (self.inner.snapshot_dir.join("current.snap"), self.inner.snapshot_dir.join("current.meta"))
+    }
+
+    fn sm_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let (_, blob) = self.inner.store.applied().map_err(sm_err)?;
+        codec::decode_sm_state(&blob).map_err(sm_err)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.sm_state()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut guard = self.inner.lock.lock().await;
+        let (_, mut membership) = self.sm_state()?;
+        let mut last = None;
+        let mut items: Vec<(u64, Option<Command>)> = Vec::new();
+        for e in entries {
+            last = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => items.push((e.log_id.index, None)),
+                EntryPayload::Normal(req) => items.push((e.log_id.index, Some(req.0))),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(e.log_id), m);
+                    items.push((e.log_id.index, None));
+                }
+            }
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let blob = codec::encode_sm_state(&last, &membership);
+        let durable = guard.last_durable.elapsed() >= DURABLE_EVERY;
+        let store = self.inner.store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let batch: Vec<ApplyEntry<'_>> =
+                items.iter().map(|(i, c)| ApplyEntry { index: *i, command: c.as_ref() }).collect();
+            store.apply_batch(&batch, &blob, durable)
+        })
+        .await
+        .map_err(|e| sm_err(Msg(format!("apply task failed: {e}"))))?
+        .map_err(sm_err)?;
+        if durable {
+            guard.last_durable = Instant::now();
+        }
+        let listener = self.inner.listener.lock().expect("listener lock poisoned").clone();
+        if let Some(l) = listener {
+            l(&outcome);
+        }
+        Ok(outcome.applied.into_iter().map(Response).collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let mut guard = self.inner.lock.lock().await;
+        guard.receiving += 1;
+        let path = self.inner.snapshot_dir.join("receiving.snap");
+        let f = tokio::fs::File::create(&path).await.map_err(sm_err)?;
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &openraft::SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let _guard = self.inner.lock.lock().await;
+        let mut f = *snapshot;
+        use tokio::io::AsyncSeekExt;
+        f.sync_all().await.map_err(sm_err)?;
+        f.seek(std::io::SeekFrom::Start(0)).await.map_err(sm_err)?;
+        let f = f.into_std().await;
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.import_snapshot(std::io::BufReader::new(f)))
+            .await
+            .map_err(|e| sm_err(Msg(format!("install task failed: {e}"))))?
+            .map_err(sm_err)?;
+        let (snap, meta_path) = self.current_paths();
+        std::fs::rename(self.inner.snapshot_dir.join("receiving.snap"), &snap).map_err(sm_err)?;
+        std::fs::write(&meta_path, codec::encode_snapshot_meta(meta)).map_err(sm_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let (snap, meta_path) = self.current_paths();
+        let meta = match std::fs::read(&meta_path) {
+            Ok(b) => codec::decode_snapshot_meta(&b).map_err(sm_err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_err(e)),
+        };
+        let f = tokio::fs::File::open(&snap).await.map_err(sm_err)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(f) }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let mut guard = self.inner.lock.lock().await;
+        let (last_log_id, membership) = self.sm_state()?;
+        let store = self.inner.store.clone();
+        let tmp = self.inner.snapshot_dir.join("building.snap");
+        let tmp2 = tmp.clone();
+        // Durable first: the log may be purged up to this snapshot.
+        tokio::task::spawn_blocking(move || -> Result<(), cairn_storage::StoreError> {
+            store.flush()?;
+            let f = std::fs::File::create(&tmp2)?;
+            let mut w = std::io::BufWriter::new(f);
+            store.export_snapshot(&mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| sm_err(Msg(format!("snapshot task failed: {e}"))))?
+        .map_err(sm_err)?;
+        guard.last_durable = Instant::now();
+        let snapshot_id = match &last_log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = openraft::SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
+        let (snap, meta_path) = self.current_paths();
+        std::fs::rename(&tmp, &snap).map_err(sm_err)?;
+        std::fs::write(&meta_path, codec::encode_snapshot_meta(&meta)).map_err(sm_err)?;
+        let f = tokio::fs::File::open(&snap).await.map_err(sm_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(f) })
+    }
+}

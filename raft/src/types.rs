@@ -1,0 +1,49 @@
+//! The openraft type configuration. openraft types stay inside this crate: the rest of
+//! Cairn sees [`cairn_storage::Command`] going in and [`cairn_storage::Applied`] coming out.
+
+use std::fmt;
+
+use cairn_storage::{Applied, Command};
+
+/// The application data of a log entry: one replicated command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request(pub Command);
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Command::Put(_) => write!(f, "put"),
+            Command::DeleteRange(_) => write!(f, "delete_range"),
+            Command::Txn(_) => write!(f, "txn"),
+            Command::Compact(c) => write!(f, "compact({})", c.revision),
+        }
+    }
+}
+
+/// What applying one entry produced: `None` for blank and membership entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response(pub Option<Applied>);
+
+openraft::declare_raft_types!(
+    /// Cairn's raft types: u64 member IDs (etcd's), the peer URL as the node address.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Wraps any error as an openraft storage error.
+pub(crate) fn sto_err(verb: openraft::ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    openraft::StorageIOError::new(openraft::ErrorSubject::Store, verb, openraft::AnyError::new(&e)).into()
+}

@@ -1,0 +1,231 @@
+//! Command-line flags and `ETCD_*` environment variables, named as etcd names them.
+//! A flag beats its environment variable; an unknown flag is an error.
+
+use std::path::PathBuf;
+
+/// What the binary was asked to do.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    Version,
+    Help,
+}
+
+/// A member's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: String,
+    pub initial_cluster_state: String,
+    pub initial_cluster_token: String,
+    /// Largest accepted write request, in bytes (etcd `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Most operations in one txn (etcd `--max-txn-ops`).
+    pub max_txn_ops: usize,
+    pub log_level: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.cairn"),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_state: "new".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+            log_level: "info".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_count: 100_000,
+        }
+    }
+}
+
+/// The flags Cairn knows, for `--help` and for mapping `ETCD_*` variables.
+pub const FLAGS: &[(&str, &str)] = &[
+    ("name", "Human-readable name for this member."),
+    ("data-dir", "Path to the data directory (default \"${name}.cairn\")."),
+    ("listen-client-urls", "List of URLs to listen on for client traffic."),
+    ("advertise-client-urls", "List of this member's client URLs to advertise to the public."),
+    ("listen-peer-urls", "List of URLs to listen on for peer traffic."),
+    ("initial-advertise-peer-urls", "List of this member's peer URLs to advertise to the rest of the cluster."),
+    ("initial-cluster", "Initial cluster configuration for bootstrapping."),
+    ("initial-cluster-state", "Initial cluster state ('new' or 'existing')."),
+    ("initial-cluster-token", "Initial cluster token for the cluster during bootstrap."),
+    ("max-request-bytes", "Maximum client request size in bytes the server will accept."),
+    ("max-txn-ops", "Maximum number of operations permitted in a transaction."),
+    ("log-level", "Configures log level. Only supports debug, info, warn, error, panic, or fatal."),
+    ("heartbeat-interval", "Time (in milliseconds) of a heartbeat interval."),
+    ("election-timeout", "Time (in milliseconds) for an election to timeout."),
+    ("snapshot-count", "Number of committed transactions to trigger a snapshot to disk."),
+];
+
+/// A configuration error, printed to the user as is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError(format!("invalid value {v:?} for flag --{flag}: parse error")))
+}
+
+/// Parses arguments (without the program name) and the environment.
+pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Invocation, ConfigError> {
+    let mut values: Vec<(String, String)> = Vec::new();
+    // Environment first, so that flags given later override.
+    for (flag, _) in FLAGS {
+        let var = format!("ETCD_{}", flag.to_uppercase().replace('-', "_"));
+        if let Some(v) = env(&var) {
+            values.push((flag.to_string(), v));
+        }
+    }
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            return Err(ConfigError(format!("'{a}' is not a valid flag")));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (body.to_string(), None),
+        };
+        match name.as_str() {
+            "version" => return Ok(Invocation::Version),
+            "h" | "help" => return Ok(Invocation::Help),
+            _ => {}
+        }
+        if !FLAGS.iter().any(|(f, _)| *f == name) {
+            return Err(ConfigError(format!("unknown flag: --{name}")));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                if i >= args.len() {
+                    return Err(ConfigError(format!("flag needs an argument: --{name}")));
+                }
+                i += 1;
+                args[i - 1].clone()
+            }
+        };
+        values.push((name, value));
+    }
+    let mut c = Config::default();
+    let mut data_dir_set = false;
+    for (flag, v) in values {
+        match flag.as_str() {
+            "name" => c.name = v,
+            "data-dir" => {
+                c.data_dir = PathBuf::from(v);
+                data_dir_set = true;
+            }
+            "listen-client-urls" => c.listen_client_urls = list(&v),
+            "advertise-client-urls" => c.advertise_client_urls = list(&v),
+            "listen-peer-urls" => c.listen_peer_urls = list(&v),
+            "initial-advertise-peer-urls" => c.initial_advertise_peer_urls = list(&v),
+            "initial-cluster" => c.initial_cluster = v,
+            "initial-cluster-state" => {
+                if v != "new" && v != "existing" {
+                    return Err(ConfigError(format!(
+                        "invalid value {v:?} for flag --initial-cluster-state: valid values are \"new\", \"existing\""
+                    )));
+                }
+                c.initial_cluster_state = v
+            }
+            "initial-cluster-token" => c.initial_cluster_token = v,
+            "max-request-bytes" => c.max_request_bytes = number(&flag, &v)?,
+            "max-txn-ops" => c.max_txn_ops = number(&flag, &v)?,
+            "log-level" => {
+                if !["debug", "info", "warn", "error", "panic", "fatal"].contains(&v.as_str()) {
+                    return Err(ConfigError(format!("invalid value {v:?} for flag --log-level")));
+                }
+                c.log_level = v
+            }
+            "heartbeat-interval" => c.heartbeat_interval_ms = number(&flag, &v)?,
+            "election-timeout" => c.election_timeout_ms = number(&flag, &v)?,
+            "snapshot-count" => c.snapshot_count = number(&flag, &v)?,
+            _ => unreachable!("flag list and match agree"),
+        }
+    }
+    if !data_dir_set {
+        c.data_dir = PathBuf::from(format!("{}.cairn", c.name));
+    }
+    if c.election_timeout_ms < 5 * c.heartbeat_interval_ms {
+        return Err(ConfigError(format!(
+            "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+            c.election_timeout_ms, c.heartbeat_interval_ms
+        )));
+    }
+    if c.max_txn_ops == 0 {
+        return Err(ConfigError("--max-txn-ops must be positive".into()));
+    }
+    Ok(Invocation::Run(Box::new(c)))
+}
+
+/// `host:port` of a listen URL. Only plain `http://` is served so far.
+pub fn socket_addr(url: &str) -> Result<String, ConfigError> {
+    if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(ConfigError(format!("{url}: TLS is not supported yet")));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ConfigError(format!("{url}: URL scheme must be http or https")))?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.contains('/') || !hostport.contains(':') {
+        return Err(ConfigError(format!("{url}: expected http://host:port")));
+    }
+    Ok(hostport.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        match parse(&args, &|k| env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone()))? {
+            Invocation::Run(c) => Ok(*c),
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_flags_and_env() {
+        let c = run(&[], &[]).expect("defaults");
+        assert_eq!(c.data_dir, PathBuf::from("default.cairn"));
+        let c = run(&["--name", "n1", "--max-txn-ops=4"], &[("ETCD_MAX_TXN_OPS", "9"), ("ETCD_DATA_DIR", "/d")])
+            .expect("flags");
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.max_txn_ops, 4);
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(run(&["--bogus"], &[]).unwrap_err(), ConfigError("unknown flag: --bogus".into()));
+        assert!(run(&["--max-txn-ops", "x"], &[]).is_err());
+        assert!(run(&["--name"], &[]).is_err());
+        assert_eq!(socket_addr("http://127.0.0.1:2379").expect("url"), "127.0.0.1:2379");
+        assert!(socket_addr("https://127.0.0.1:2379").is_err());
+    }
+}

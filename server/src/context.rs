@@ -1,0 +1,109 @@
+//! [`Context`]: what every RPC handler shares: the raft node, the member's identity, the
+//! limits, and the background compactor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::etcdserverpb::ResponseHeader;
+use cairn_raft::RaftNode;
+use cairn_storage::{Applied, Command, Revision};
+use tokio::sync::{Notify, Semaphore};
+use tonic::Status;
+
+use crate::status;
+
+/// etcd's request timeout: 5 s plus two election timeouts (with the default 1 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Most proposals in flight at once; further writers wait (a bounded queue in front of raft).
+pub const MAX_INFLIGHT_PROPOSALS: usize = 8192;
+
+/// etcd adds a raft request header around each write before it checks the size.
+const RAFT_REQUEST_OVERHEAD: usize = 32;
+
+pub struct Context {
+    pub node: Arc<RaftNode>,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// Bounds the proposals waiting on raft.
+    pub proposals: Semaphore,
+    /// Wakes the background compactor after the compacted revision moves.
+    pub compactor: Arc<Notify>,
+}
+
+impl Context {
+    /// The response header etcd sends: ids, the given store revision, the raft term.
+    pub fn header(&self, revision: Revision) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+
+    /// Replicates a write and waits for it to be applied here. `encoded_len` is the
+    /// request's protobuf size, checked against `--max-request-bytes` as etcd checks it.
+    pub async fn propose(&self, cmd: Command, encoded_len: usize) -> Result<Applied, Status> {
+        if encoded_len + RAFT_REQUEST_OVERHEAD > self.max_request_bytes {
+            return Err(status::too_large());
+        }
+        let _permit = self.proposals.acquire().await.map_err(|_| status::write_error(&cairn_raft::WriteError::Stopped))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.node.write(cmd)).await {
+            Err(_) => Err(status::timeout()),
+            Ok(Err(e)) => Err(status::write_error(&e)),
+            Ok(Ok(applied)) => Ok(applied),
+        }
+    }
+
+    /// Waits until a linearizable read may be served from the local store.
+    pub async fn linearizable_barrier(&self) -> Result<(), Status> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.node.read_index()).await {
+            Err(_) => Err(status::timeout()),
+            Ok(Err(e)) => Err(status::write_error(&e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Runs physical compaction until it has caught up with the compacted revision.
+    pub async fn compact_fully(&self) -> Result<(), Status> {
+        loop {
+            let store = self.node.store().clone();
+            let done = tokio::task::spawn_blocking(move || store.compact_step())
+                .await
+                .map_err(|e| Status::unknown(format!("compaction task failed: {e}")))?
+                .map_err(|e| status::store_error(&e))?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The background compactor: after the compacted revision moves, removes superseded
+/// revisions in bounded batches, yielding to applies between batches.
+pub async fn compactor_loop(node: Arc<RaftNode>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            let store = node.store().clone();
+            match tokio::task::spawn_blocking(move || store.compact_step()).await {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => tokio::task::yield_now().await,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "physical compaction failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "compaction task failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The `cairn` server: etcd's v3 gRPC API over [`cairn_raft::RaftNode`].
+//!
+//! Modules:
+//! - [`config`]: etcd's flags and `ETCD_*` variables.
+//! - [`context`]: what all handlers share; proposals, linearizable reads, the compactor.
+//! - [`kv`], [`maintenance`], [`cluster`]: the gRPC services (thin adapters).
+//! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
+//!
+//! Services not registered yet (Watch, Lease, Auth, Lock, Election) answer Unimplemented.
+
+pub mod cluster;
+pub mod config;
+pub mod context;
+pub mod convert;
+pub mod kv;
+pub mod maintenance;
+pub mod status;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
+use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_raft::{NodeConfig, RaftNode};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Config;
+use crate::context::Context;
+
+/// gRPC accepts messages this much larger than `--max-request-bytes` (etcd's overhead), so
+/// that an oversized write gets etcd's "request is too large" rather than a transport error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// FNV-1a, 64 bit: derives stable member and cluster IDs from the bootstrap flags.
+fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// The member and cluster IDs: computed at bootstrap, then read from the data dir so that
+/// they never change for a member.
+fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
+    let path = dir.join("ids");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let mut it = s.split_whitespace().map(|x| u64::from_str_radix(x, 16));
+            match (it.next(), it.next()) {
+                (Some(Ok(m)), Some(Ok(c))) => Ok((m, c)),
+                _ => Err(format!("{} is corrupt", path.display())),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut peers = cfg.initial_advertise_peer_urls.clone();
+            peers.sort();
+            let joined = peers.join(",");
+            let member = fnv64(&[&joined, &cfg.initial_cluster_token]).max(1);
+            let cluster = fnv64(&[&format!("{member:x}"), &cfg.initial_cluster_token]).max(1);
+            let tmp = dir.join("ids.tmp");
+            std::fs::write(&tmp, format!("{member:x} {cluster:x}\n")).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            Ok((member, cluster))
+        }
+        Err(e) => Err(format!("read {}: {e}", path.display())),
+    }
+}
+
+/// Runs a member until `shutdown` resolves, then stops cleanly.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    let member_dir = cfg.data_dir.join("member");
+    std::fs::create_dir_all(&member_dir).map_err(|e| format!("create {}: {e}", member_dir.display()))?;
+    let (member_id, cluster_id) = load_or_make_ids(&member_dir, &cfg)?;
+    let mut addrs = Vec::new();
+    for u in &cfg.listen_client_urls {
+        addrs.push(config::socket_addr(u).map_err(|e| e.to_string())?);
+    }
+    let mut listeners = Vec::new();
+    for a in &addrs {
+        let l = tokio::net::TcpListener::bind(a).await.map_err(|e| format!("listen on {a}: {e}"))?;
+        listeners.push(l);
+    }
+    let node = Arc::new(
+        RaftNode::start(NodeConfig {
+            member_id,
+            peer_url: cfg.initial_advertise_peer_urls.first().cloned().unwrap_or_default(),
+            dir: member_dir,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            election_timeout_ms: cfg.election_timeout_ms,
+            snapshot_count: cfg.snapshot_count,
+        })
+        .await?,
+    );
+    node.wait_for_leader(Duration::from_secs(30)).await.map_err(|e| format!("no leader elected: {e:?}"))?;
+    let compactor = Arc::new(Notify::new());
+    {
+        // Wake the compactor whenever an applied batch moved the compacted revision.
+        let store = node.store().clone();
+        let wake = compactor.clone();
+        let seen = AtomicI64::new(store.compact_revision());
+        node.set_apply_listener(Arc::new(move |_| {
+            let c = store.compact_revision();
+            if seen.swap(c, Ordering::AcqRel) != c {
+                wake.notify_one();
+            }
+        }));
+    }
+    // A compaction interrupted by a crash resumes now.
+    compactor.notify_one();
+    tokio::spawn(context::compactor_loop(node.clone(), compactor.clone()));
+    let ctx = Arc::new(Context {
+        node: node.clone(),
+        cluster_id,
+        member_id,
+        name: cfg.name.clone(),
+        peer_urls: cfg.initial_advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+        max_request_bytes: cfg.max_request_bytes,
+        max_txn_ops: cfg.max_txn_ops,
+        proposals: Semaphore::new(context::MAX_INFLIGHT_PROPOSALS),
+        compactor,
+    });
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = Vec::new();
+    for l in listeners {
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let router = tonic::transport::Server::builder()
+            .add_service(KvServer::new(kv::KvService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
+            .add_service(
+                MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
+                    .max_decoding_message_size(max_msg),
+            )
+            .add_service(ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
+        let mut stop = stop_tx.subscribe();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        }));
+        tracing::info!(address = %addr, member_id = %format!("{member_id:x}"), cluster_id = %format!("{cluster_id:x}"), "ready to serve client requests");
+    }
+    shutdown.await;
+    tracing::info!("received stop request, shutting down");
+    let _ = stop_tx.send(());
+    for s in servers {
+        match tokio::time::timeout(Duration::from_secs(5), s).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => tracing::warn!("gRPC server did not stop within 5 s"),
+        }
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

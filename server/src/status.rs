@@ -1,0 +1,54 @@
+//! The one table from Cairn's errors to etcd's gRPC status codes and messages.
+
+use cairn_proto::rpctypes::EtcdError;
+use cairn_raft::WriteError;
+use cairn_storage::{RequestError, StoreError};
+use tonic::Status;
+
+/// A request's own failure, as etcd reports it.
+pub fn request_error(e: &RequestError) -> Status {
+    let k = match e {
+        RequestError::EmptyKey => EtcdError::EmptyKey,
+        RequestError::KeyNotFound => EtcdError::KeyNotFound,
+        RequestError::ValueProvided => EtcdError::ValueProvided,
+        RequestError::LeaseProvided => EtcdError::LeaseProvided,
+        RequestError::TooManyOps => EtcdError::TooManyOps,
+        RequestError::DuplicateKey => EtcdError::DuplicateKey,
+        RequestError::Compacted { .. } => EtcdError::Compacted,
+        RequestError::FutureRevision { .. } => EtcdError::FutureRev,
+        RequestError::LeaseNotFound { .. } => EtcdError::LeaseNotFound,
+        RequestError::InvalidSortOption => EtcdError::InvalidSortOption,
+        // RequestError is non_exhaustive; a new variant must be added above.
+        #[allow(unreachable_patterns)]
+        _ => return Status::unknown(e.to_string()),
+    };
+    k.status()
+}
+
+/// A failure to get a request through raft.
+pub fn write_error(e: &WriteError) -> Status {
+    match e {
+        WriteError::NoLeader => EtcdError::NoLeader.status(),
+        WriteError::NotLeader { .. } => EtcdError::NotLeader.status(),
+        WriteError::Stopped => EtcdError::Stopped.status(),
+        WriteError::Other(msg) => {
+            tracing::warn!(error = %msg, "raft write failed");
+            EtcdError::Stopped.status()
+        }
+    }
+}
+
+/// The node's storage failed; the request's effect is unknown to the client, as with etcd's
+/// internal errors.
+pub fn store_error(e: &StoreError) -> Status {
+    tracing::error!(error = %e, "storage failure");
+    Status::unknown(e.to_string())
+}
+
+pub fn timeout() -> Status {
+    EtcdError::Timeout.status()
+}
+
+pub fn too_large() -> Status {
+    EtcdError::RequestTooLarge.status()
+}

@@ -1,0 +1,128 @@
+//! Errors, split as the style guide asks: a [`RequestError`] is one request's failure and
+//! changes nothing; a [`StoreError`] is a failure of the node's storage (disk, corruption)
+//! and must stop the node from applying further.
+
+use std::fmt;
+
+use crate::types::{LeaseId, Revision};
+
+/// One request failed; the store is unchanged. Each variant maps to one etcd error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A Range/Put/DeleteRange/Compare without a key.
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist.
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    LeaseProvided,
+    /// More than `--max-txn-ops` operations in one txn (or nested budget).
+    TooManyOps,
+    /// Two puts of one key, or a put inside a deleted range, in one txn.
+    DuplicateKey,
+    /// The requested revision is at or below the compacted revision.
+    Compacted { compact_revision: Revision },
+    /// The requested revision is above the current revision.
+    FutureRevision { current_revision: Revision },
+    /// The lease does not exist.
+    LeaseNotFound { lease: LeaseId },
+    /// An unknown sort order or target.
+    InvalidSortOption,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::EmptyKey => write!(f, "key is not provided"),
+            RequestError::KeyNotFound => write!(f, "key not found"),
+            RequestError::ValueProvided => write!(f, "value is provided"),
+            RequestError::LeaseProvided => write!(f, "lease is provided"),
+            RequestError::TooManyOps => write!(f, "too many operations in txn request"),
+            RequestError::DuplicateKey => write!(f, "duplicate key given in txn request"),
+            RequestError::Compacted { compact_revision } => {
+                write!(f, "required revision has been compacted (compact revision {compact_revision})")
+            }
+            RequestError::FutureRevision { current_revision } => {
+                write!(f, "required revision is a future revision (current revision {current_revision})")
+            }
+            RequestError::LeaseNotFound { lease } => write!(f, "requested lease {lease:x} not found"),
+            RequestError::InvalidSortOption => write!(f, "invalid sort option"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// The store itself failed. After one of these the node must not keep applying.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb reported an error (I/O, or its own corruption checks).
+    Redb(redb::Error),
+    /// A record failed its checksum or could not be decoded.
+    Corrupt { what: String },
+    /// The file was written by a format this build does not read.
+    FormatVersion { found: u32, supported: u32 },
+    /// Reading or writing a snapshot stream failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Redb(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt { what } => write!(f, "storage corrupt: {what}"),
+            StoreError::FormatVersion { found, supported } => {
+                write!(f, "data format version {found} is not supported (this build reads {supported})")
+            }
+            StoreError::Io(e) => write!(f, "snapshot I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// A record or command could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "decode error: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        StoreError::Corrupt { what: e.0 }
+    }
+}

@@ -1,0 +1,25 @@
+//! Cairn's storage: etcd's MVCC model over a redb file. Synchronous and deterministic: no
+//! gRPC, no tokio, no raft here; the raft crate drives [`Store::apply_batch`].
+//!
+//! Modules:
+//! - [`types`]: requests, responses, commands and events in etcd's vocabulary.
+//! - [`validate`]: the checks etcd makes before proposing (txn op budget, duplicate keys).
+//! - [`store`]: [`Store`], apply and reads; physical compaction.
+//! - [`read`]: range scans over the key index at a revision.
+//! - [`schema`]: every table and meta key (see docs/FORMAT.md).
+//! - [`record`], [`codec`]: byte formats of stored records and replicated commands.
+//! - [`error`]: [`RequestError`] (one request failed) vs [`StoreError`] (the node failed).
+
+pub mod codec;
+pub mod error;
+pub mod read;
+pub mod record;
+pub mod schema;
+pub mod snapshot;
+pub mod store;
+pub mod types;
+pub mod validate;
+
+pub use error::{DecodeError, RequestError, StoreError};
+pub use store::{ApplyEntry, BatchOutcome, ReadView, Store, StoreOptions};
+pub use types::*;

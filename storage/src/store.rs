@@ -1,0 +1,576 @@
+//! [`Store`]: the MVCC state machine over one redb file.
+//!
+//! Writes happen only in [`Store::apply_batch`], one redb write transaction per batch of
+//! raft entries, with the applied index in the same transaction. Reads take a
+//! [`ReadView`], a redb read snapshot, so a multi-key read is consistent without locks.
+//! Physical compaction runs in bounded batches ([`Store::compact_step`]) between applies.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+
+use crate::error::{RequestError, StoreError};
+use crate::read::{self, IndexKey, KeySpan, Live};
+use crate::record::Record;
+use crate::schema::*;
+use crate::types::*;
+
+/// Tunables of the store, with their units.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Revision-log rows removed per physical compaction transaction (etcd's
+    /// `--experimental-compaction-batch-limit` is 1000 revisions).
+    pub compaction_batch_rows: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { compaction_batch_rows: 1000 }
+    }
+}
+
+/// The MVCC store. Shared by reference between the apply path and readers.
+pub struct Store {
+    db: Database,
+    opts: StoreOptions,
+    /// Latest revision, published after each commit (readers use their snapshot's own).
+    current_revision: AtomicI64,
+    /// Compacted revision, published after each commit.
+    compact_revision: AtomicI64,
+}
+
+/// One raft entry handed to [`Store::apply_batch`]: blank and membership entries carry no
+/// command but still advance the applied index.
+pub struct ApplyEntry<'a> {
+    pub index: u64,
+    pub command: Option<&'a Command>,
+}
+
+/// What a batch did: one outcome per entry (None for entries without a command) and the
+/// events of every new revision, in revision order.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub applied: Vec<Option<Applied>>,
+    pub events: Vec<(Revision, Vec<Event>)>,
+}
+
+struct Tables<'t> {
+    index: Table<'t, IndexKey<'static>, u8>,
+    revs: Table<'t, (u64, u64), &'static [u8]>,
+    leases: Table<'t, i64, &'static [u8]>,
+    lease_keys: Table<'t, (i64, &'static [u8]), ()>,
+}
+
+/// The state of one apply in progress: revision counters and the events made so far.
+struct ApplyState {
+    current: Revision,
+    compacted: Revision,
+    /// Sub-revision for the next change in the revision being written.
+    next_sub: u64,
+    events: Vec<Event>,
+}
+
+impl ApplyState {
+    /// The revision changes of the running command are written at.
+    fn write_rev(&self) -> Revision {
+        self.current + 1
+    }
+    /// The revision reads inside the running command see: earlier changes of it included.
+    fn read_rev(&self) -> Revision {
+        if self.next_sub > 0 {
+            self.current + 1
+        } else {
+            self.current
+        }
+    }
+}
+
+fn get_i64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<i64>, StoreError> {
+    match meta.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: format!("meta {key} is not 8 bytes") })?;
+            Ok(Some(i64::from_le_bytes(b)))
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        let db = Database::builder().create(path)?;
+        let wtx = db.begin_write()?;
+        let (current, compacted) = {
+            let mut meta = wtx.open_table(META)?;
+            let version = match meta.get(META_FORMAT_VERSION)? {
+                Some(v) => {
+                    let b: [u8; 4] = v
+                        .value()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt { what: "format version is not 4 bytes".into() })?;
+                    Some(u32::from_le_bytes(b))
+                }
+                None => None,
+            };
+            match version {
+                Some(v) if v != FORMAT_VERSION => {
+                    return Err(StoreError::FormatVersion { found: v, supported: FORMAT_VERSION })
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
+                    // A fresh etcd store is at revision 1: the first change makes revision 2.
+                    meta.insert(META_CURRENT_REVISION, 1i64.to_le_bytes().as_slice())?;
+                    meta.insert(META_COMPACT_REVISION, 0i64.to_le_bytes().as_slice())?;
+                }
+            }
+            let current = get_i64(&meta, META_CURRENT_REVISION)?
+                .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
+            let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+            drop(meta);
+            wtx.open_table(KEY_INDEX)?;
+            wtx.open_table(REVS)?;
+            wtx.open_table(LEASES)?;
+            wtx.open_table(LEASE_KEYS)?;
+            (current, compacted)
+        };
+        wtx.commit()?;
+        Ok(Store {
+            db,
+            opts,
+            current_revision: AtomicI64::new(current),
+            compact_revision: AtomicI64::new(compacted),
+        })
+    }
+
+    /// The latest committed revision.
+    pub fn current_revision(&self) -> Revision {
+        self.current_revision.load(Ordering::Acquire)
+    }
+
+    /// The compacted revision.
+    pub fn compact_revision(&self) -> Revision {
+        self.compact_revision.load(Ordering::Acquire)
+    }
+
+    /// The applied raft index and the raft layer's opaque state, as last committed.
+    pub fn applied(&self) -> Result<(u64, Vec<u8>), StoreError> {
+        let rtx = self.db.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let index = get_i64(&meta, META_APPLIED_INDEX)?.unwrap_or(0) as u64;
+        let state = meta.get(META_RAFT_STATE)?.map(|v| v.value().to_vec()).unwrap_or_default();
+        Ok((index, state))
+    }
+
+    /// Size of the database file in bytes (etcd's dbSize).
+    pub fn db_size(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Applies a batch of raft entries in one transaction. `raft_state` is stored with the
+    /// applied index. With `durable` the commit is fsynced; otherwise it becomes durable with
+    /// the next durable commit (the raft log covers the gap after a crash).
+    pub fn apply_batch(&self, entries: &[ApplyEntry<'_>], raft_state: &[u8], durable: bool) -> Result<BatchOutcome, StoreError> {
+        let mut wtx = self.db.begin_write()?;
+        wtx.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+        let mut out = BatchOutcome { applied: Vec::with_capacity(entries.len()), events: Vec::new() };
+        let (current, compacted) = {
+            let mut t = Tables {
+                index: wtx.open_table(KEY_INDEX)?,
+                revs: wtx.open_table(REVS)?,
+                leases: wtx.open_table(LEASES)?,
+                lease_keys: wtx.open_table(LEASE_KEYS)?,
+            };
+            let mut st = ApplyState {
+                current: self.current_revision(),
+                compacted: self.compact_revision(),
+                next_sub: 0,
+                events: Vec::new(),
+            };
+            let mut last_index = None;
+            for e in entries {
+                if let Some(prev) = last_index {
+                    assert!(e.index > prev, "applied index must increase within a batch: {prev} then {}", e.index);
+                }
+                last_index = Some(e.index);
+                let Some(cmd) = e.command else {
+                    out.applied.push(None);
+                    continue;
+                };
+                let before = st.current;
+                let result = apply_command(&mut t, &mut st, cmd)?;
+                if st.next_sub > 0 {
+                    st.current += 1;
+                    st.next_sub = 0;
+                    out.events.push((st.current, std::mem::take(&mut st.events)));
+                }
+                assert!(st.current == before || st.current == before + 1, "a command makes at most one revision");
+                out.applied.push(Some(Applied { revision: st.current, result }));
+            }
+            let mut meta = wtx.open_table(META)?;
+            meta.insert(META_CURRENT_REVISION, st.current.to_le_bytes().as_slice())?;
+            meta.insert(META_COMPACT_REVISION, st.compacted.to_le_bytes().as_slice())?;
+            if let Some(i) = last_index {
+                let prev = get_i64(&meta, META_APPLIED_INDEX)?.unwrap_or(0) as u64;
+                assert!(i > prev || i == 0, "applied index must advance: stored {prev}, batch ends at {i}");
+                meta.insert(META_APPLIED_INDEX, (i as i64).to_le_bytes().as_slice())?;
+            }
+            meta.insert(META_RAFT_STATE, raft_state)?;
+            (st.current, st.compacted)
+        };
+        wtx.commit()?;
+        self.current_revision.store(current, Ordering::Release);
+        self.compact_revision.store(compacted, Ordering::Release);
+        Ok(out)
+    }
+
+    /// Makes every earlier commit durable (one fsync).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut wtx = self.db.begin_write()?;
+        wtx.set_durability(Durability::Immediate)?;
+        wtx.commit()?;
+        Ok(())
+    }
+
+    /// A consistent read snapshot.
+    pub fn read(&self) -> Result<ReadView, StoreError> {
+        let rtx = self.db.begin_read()?;
+        let (current, compacted) = {
+            let meta = rtx.open_table(META)?;
+            (
+                get_i64(&meta, META_CURRENT_REVISION)?.unwrap_or(1),
+                get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0),
+            )
+        };
+        Ok(ReadView { index: rtx.open_table(KEY_INDEX)?, revs: rtx.open_table(REVS)?, current, compacted })
+    }
+
+    /// Runs one bounded batch of physical compaction. Returns true when the compaction up to
+    /// the compacted revision is complete (nothing left to do).
+    pub fn compact_step(&self) -> Result<bool, StoreError> {
+        let mut wtx = self.db.begin_write()?;
+        wtx.set_durability(Durability::None)?;
+        let done = compact_batch(&wtx, self.opts.compaction_batch_rows)?;
+        wtx.commit()?;
+        Ok(done)
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+    pub(crate) fn current_revision_atomic(&self) -> &AtomicI64 {
+        &self.current_revision
+    }
+    pub(crate) fn compact_revision_atomic(&self) -> &AtomicI64 {
+        &self.compact_revision
+    }
+}
+
+/// A read snapshot: every read through it sees one revision of the store.
+pub struct ReadView {
+    index: redb::ReadOnlyTable<IndexKey<'static>, u8>,
+    revs: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+    current: Revision,
+    compacted: Revision,
+}
+
+impl ReadView {
+    pub fn current_revision(&self) -> Revision {
+        self.current
+    }
+    pub fn compact_revision(&self) -> Revision {
+        self.compacted
+    }
+    /// etcd's Range. The outer error is a storage failure, the inner one the request's.
+    pub fn range(&self, req: &RangeRequest) -> Result<Result<RangeResponse, RequestError>, StoreError> {
+        read::range(&self.index, &self.revs, req, self.current, self.compacted)
+    }
+}
+
+/// Applies one command; request errors leave no trace (everything is checked before the
+/// first write).
+fn apply_command(t: &mut Tables<'_>, st: &mut ApplyState, cmd: &Command) -> Result<Result<CommandResponse, RequestError>, StoreError> {
+    match cmd {
+        Command::Put(p) => {
+            if let Err(e) = check_put_state(t, st, p)? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(CommandResponse::Put(put(t, st, p)?)))
+        }
+        Command::DeleteRange(d) => Ok(Ok(CommandResponse::DeleteRange(delete_range(t, st, d)?))),
+        Command::Txn(x) => {
+            let path = match txn_path(t, st, x)? {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            Ok(Ok(CommandResponse::Txn(run_txn(t, st, x, &path)?)))
+        }
+        Command::Compact(c) => {
+            if c.revision <= st.compacted {
+                return Ok(Err(RequestError::Compacted { compact_revision: st.compacted }));
+            }
+            if c.revision > st.current {
+                return Ok(Err(RequestError::FutureRevision { current_revision: st.current }));
+            }
+            st.compacted = c.revision;
+            Ok(Ok(CommandResponse::Compact))
+        }
+    }
+}
+
+/// The apply-time checks of a put: the key must exist for ignore_value/ignore_lease, and a
+/// lease must exist.
+fn check_put_state(t: &Tables<'_>, st: &ApplyState, p: &PutRequest) -> Result<Result<(), RequestError>, StoreError> {
+    if p.ignore_value || p.ignore_lease {
+        if read::live_at(&t.index, &p.key, st.read_rev() as u64)?.is_none() {
+            return Ok(Err(RequestError::KeyNotFound));
+        }
+    }
+    if p.lease != 0 && !p.ignore_lease && t.leases.get(p.lease)?.is_none() {
+        return Ok(Err(RequestError::LeaseNotFound { lease: p.lease }));
+    }
+    Ok(Ok(()))
+}
+
+fn put(t: &mut Tables<'_>, st: &mut ApplyState, p: &PutRequest) -> Result<PutResponse, StoreError> {
+    let rev = st.write_rev();
+    let prev = match read::live_at(&t.index, &p.key, st.read_rev() as u64)? {
+        Some(l) => Some(read::load_kv(&t.revs, &l)?),
+        None => None,
+    };
+    let sub = st.next_sub;
+    st.next_sub += 1;
+    let lease = if p.ignore_lease { prev.as_ref().map_or(0, |kv| kv.lease) } else { p.lease };
+    let value = if p.ignore_value { prev.as_ref().map(|kv| kv.value.clone()).unwrap_or_default() } else { p.value.clone() };
+    let rec = Record {
+        tombstone: false,
+        key: p.key.clone(),
+        create_revision: prev.as_ref().map_or(rev, |kv| kv.create_revision),
+        version: prev.as_ref().map_or(1, |kv| kv.version + 1),
+        lease,
+        value,
+    };
+    t.index.insert((p.key.as_slice(), rev as u64, sub), 0u8)?;
+    t.revs.insert((rev as u64, sub), rec.encode().as_slice())?;
+    let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+    if old_lease != lease {
+        if old_lease != 0 {
+            t.lease_keys.remove((old_lease, p.key.as_slice()))?;
+        }
+        if lease != 0 {
+            t.lease_keys.insert((lease, p.key.as_slice()), ())?;
+        }
+    }
+    st.events.push(Event { kind: EventKind::Put, kv: rec.into_kv(rev) });
+    Ok(PutResponse { prev_kv: if p.prev_kv { prev } else { None } })
+}
+
+fn delete_range(t: &mut Tables<'_>, st: &mut ApplyState, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
+    let span = KeySpan::new(&d.key, &d.range_end);
+    let mut live: Vec<Live> = Vec::new();
+    read::scan_live(&t.index, &span, st.read_rev() as u64, |l| {
+        live.push(l);
+        true
+    })?;
+    let mut resp = DeleteRangeResponse { deleted: live.len() as i64, prev_kvs: Vec::new() };
+    let rev = st.write_rev();
+    for l in live {
+        let kv = read::load_kv(&t.revs, &l)?;
+        let sub = st.next_sub;
+        st.next_sub += 1;
+        let rec = Record { tombstone: true, key: l.key.clone(), create_revision: 0, version: 0, lease: 0, value: Vec::new() };
+        t.index.insert((l.key.as_slice(), rev as u64, sub), FLAG_TOMBSTONE)?;
+        t.revs.insert((rev as u64, sub), rec.encode().as_slice())?;
+        if kv.lease != 0 {
+            t.lease_keys.remove((kv.lease, l.key.as_slice()))?;
+        }
+        st.events.push(Event { kind: EventKind::Delete, kv: KeyValue { key: l.key, mod_revision: rev, ..Default::default() } });
+        if d.prev_kv {
+            resp.prev_kvs.push(kv);
+        }
+    }
+    Ok(resp)
+}
+
+/// The branch taken at every level of a txn, decided before any write as etcd does: the
+/// outcome of the top compare, then the paths of the nested txns of that branch in order.
+#[derive(Debug)]
+struct TxnPath {
+    succeeded: bool,
+    nested: Vec<TxnPath>,
+}
+
+fn txn_path(t: &Tables<'_>, st: &ApplyState, x: &TxnRequest) -> Result<Result<TxnPath, RequestError>, StoreError> {
+    let mut succeeded = true;
+    for c in &x.compare {
+        if !compare(t, st, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { &x.success } else { &x.failure };
+    let mut nested = Vec::new();
+    for op in ops {
+        match op {
+            RequestOp::Txn(inner) => match txn_path(t, st, inner)? {
+                Ok(p) => nested.push(p),
+                Err(e) => return Ok(Err(e)),
+            },
+            RequestOp::Put(p) => {
+                if let Err(e) = check_put_state(t, st, p)? {
+                    return Ok(Err(e));
+                }
+            }
+            RequestOp::Range(r) => {
+                if let Err(e) = read::resolve_revision(r.revision, st.current, st.compacted) {
+                    return Ok(Err(e));
+                }
+            }
+            RequestOp::DeleteRange(_) => {}
+        }
+    }
+    Ok(Ok(TxnPath { succeeded, nested }))
+}
+
+fn compare(t: &Tables<'_>, st: &ApplyState, c: &Compare) -> Result<bool, StoreError> {
+    let span = KeySpan::new(&c.key, &c.range_end);
+    let mut live: Vec<Live> = Vec::new();
+    read::scan_live(&t.index, &span, st.read_rev() as u64, |l| {
+        live.push(l);
+        true
+    })?;
+    if live.is_empty() {
+        // A missing key has version, create and mod revision 0 and lease 0; a value compare
+        // against it always fails.
+        if matches!(c.target, CompareTarget::Value(_)) {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    for l in &live {
+        let kv = read::load_kv(&t.revs, l)?;
+        if !compare_kv(c, &kv) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering as O;
+    let ord = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+    };
+    match c.result {
+        CompareResult::Equal => ord == O::Equal,
+        CompareResult::Greater => ord == O::Greater,
+        CompareResult::Less => ord == O::Less,
+        CompareResult::NotEqual => ord != O::Equal,
+    }
+}
+
+fn run_txn(t: &mut Tables<'_>, st: &mut ApplyState, x: &TxnRequest, path: &TxnPath) -> Result<TxnResponse, StoreError> {
+    let ops = if path.succeeded { &x.success } else { &x.failure };
+    let mut nested = path.nested.iter();
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        responses.push(match op {
+            RequestOp::Range(r) => {
+                let current = st.read_rev();
+                match read::range(&t.index, &t.revs, r, current, st.compacted)? {
+                    Ok(resp) => ResponseOp::Range(resp),
+                    Err(e) => {
+                        // txn_path checked every range's revision before the first write.
+                        return Err(StoreError::Corrupt { what: format!("txn range failed after its check: {e}") });
+                    }
+                }
+            }
+            RequestOp::Put(p) => ResponseOp::Put(put(t, st, p)?),
+            RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(delete_range(t, st, d)?),
+            RequestOp::Txn(inner) => {
+                let p = nested.next().expect("txn_path made one path per nested txn of the branch");
+                ResponseOp::Txn(run_txn(t, st, inner, p)?)
+            }
+        });
+    }
+    Ok(TxnResponse { succeeded: path.succeeded, responses })
+}
+
+fn get_cursor(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<(u64, u64)>, StoreError> {
+    match meta.get(META_COMPACT_CURSOR)? {
+        None => Ok(None),
+        Some(v) => {
+            let b = v.value();
+            if b.len() != 16 {
+                return Err(StoreError::Corrupt { what: "compact cursor is not 16 bytes".into() });
+            }
+            let main = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+            let sub = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+            Ok(Some((main, sub)))
+        }
+    }
+}
+
+/// One batch of physical compaction, in `wtx`. Walks the revision log from the cursor up to
+/// the compacted revision C; for each row of key k at revision r it removes the rows of k
+/// older than r (superseded at or before C) and, if r < C is a delete, the tombstone
+/// itself. A tombstone at exactly C stays, so a watch from C still sees it; the next
+/// compaction restarts at C and removes it. The cursor is saved in the same transaction, so
+/// a crash resumes where the last committed batch ended.
+fn compact_batch(wtx: &WriteTransaction, max_rows: usize) -> Result<bool, StoreError> {
+    let mut meta = wtx.open_table(META)?;
+    let target = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+    let done_to = get_i64(&meta, META_PHYSICAL_COMPACTED)?.unwrap_or(0);
+    if target <= done_to {
+        return Ok(true);
+    }
+    let cursor = get_cursor(&meta)?.unwrap_or((0, 0));
+    let mut index = wtx.open_table(KEY_INDEX)?;
+    let mut revs = wtx.open_table(REVS)?;
+    let mut rows: Vec<(u64, u64, Vec<u8>, bool)> = Vec::new();
+    let mut exhausted = true;
+    for row in revs.range(cursor..=(target as u64, u64::MAX))? {
+        if rows.len() >= max_rows {
+            exhausted = false;
+            break;
+        }
+        let (k, v) = row?;
+        let (main, sub) = k.value();
+        let rec = Record::decode(v.value())?;
+        rows.push((main, sub, rec.key, rec.tombstone));
+    }
+    for (main, sub, key, tombstone) in &rows {
+        let older: Vec<(u64, u64)> = index
+            .range::<IndexKey<'_>>((key.as_slice(), 0, 0)..(key.as_slice(), *main, *sub))?
+            .map(|r| r.map(|(k, _)| (k.value().1, k.value().2)))
+            .collect::<Result<_, _>>()?;
+        for (m, s) in older {
+            index.remove((key.as_slice(), m, s))?;
+            revs.remove((m, s))?;
+        }
+        if *tombstone && (*main as i64) < target {
+            index.remove((key.as_slice(), *main, *sub))?;
+            revs.remove((*main, *sub))?;
+        }
+    }
+    let next = if exhausted {
+        meta.insert(META_PHYSICAL_COMPACTED, target.to_le_bytes().as_slice())?;
+        (target as u64, 0)
+    } else {
+        let (m, s, _, _) = rows.last().expect("a batch that stopped early has rows");
+        (*m, s + 1)
+    };
+    let mut cur = [0u8; 16];
+    cur[..8].copy_from_slice(&next.0.to_le_bytes());
+    cur[8..].copy_from_slice(&next.1.to_le_bytes());
+    meta.insert(META_COMPACT_CURSOR, cur.as_slice())?;
+    Ok(exhausted)
+}
