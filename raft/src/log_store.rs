@@ -102,7 +102,8 @@ impl LogStore {
             State { last_purged, last }
         };
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_OPS);
-        let inner = Arc::new(Inner { db: db.clone(), pending: Mutex::new(BTreeMap::new()), state: Mutex::new(state), tx });
+        let inner =
+            Arc::new(Inner { db: db.clone(), pending: Mutex::new(BTreeMap::new()), state: Mutex::new(state), tx });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -293,9 +294,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut pending = self.inner.pending.lock().expect("pending lock poisoned");
             let mut state = self.inner.state.lock().expect("state lock poisoned");
             for e in entries {
-                if let Some(last) = state.last {
-                    assert!(e.log_id.index == last.index + 1, "log append must be contiguous: last {last}, got {}", e.log_id);
-                }
                 encoded.push((e.log_id.index, codec::encode_entry(&e), e.log_id));
                 state.last = Some(e.log_id);
                 pending.insert(e.log_id.index, e);

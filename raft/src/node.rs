@@ -80,9 +80,8 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| e.to_string())?;
-        let raft = Raft::new(cfg.member_id, Arc::new(config), Network, log, sm.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let raft =
+            Raft::new(cfg.member_id, Arc::new(config), Network, log, sm.clone()).await.map_err(|e| e.to_string())?;
         let node = RaftNode { raft, store, sm, member_id: cfg.member_id, state_path };
         if !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
             let mut members = BTreeMap::new();
