@@ -190,9 +190,8 @@ pub fn socket_addr(url: &str) -> Result<String, ConfigError> {
     if url.starts_with("https://") || url.starts_with("unixs://") {
         return Err(ConfigError(format!("{url}: TLS is not supported yet")));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ConfigError(format!("{url}: URL scheme must be http or https")))?;
+    let rest =
+        url.strip_prefix("http://").ok_or_else(|| ConfigError(format!("{url}: URL scheme must be http or https")))?;
     let hostport = rest.trim_end_matches('/');
     if hostport.contains('/') || !hostport.contains(':') {
         return Err(ConfigError(format!("{url}: expected http://host:port")));

@@ -53,7 +53,8 @@ impl Context {
         if encoded_len + RAFT_REQUEST_OVERHEAD > self.max_request_bytes {
             return Err(status::too_large());
         }
-        let _permit = self.proposals.acquire().await.map_err(|_| status::write_error(&cairn_raft::WriteError::Stopped))?;
+        let _permit =
+            self.proposals.acquire().await.map_err(|_| status::write_error(&cairn_raft::WriteError::Stopped))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, self.node.write(cmd)).await {
             Err(_) => Err(status::timeout()),
             Ok(Err(e)) => Err(status::write_error(&e)),

@@ -139,7 +139,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
                     .max_decoding_message_size(max_msg),
             )
-            .add_service(ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
+            .add_service(
+                ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
+            );
         let mut stop = stop_tx.subscribe();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
         servers.push(tokio::spawn(async move {

@@ -83,7 +83,10 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented("move leader is not implemented yet"))
     }
 
-    async fn downgrade(&self, _request: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade is not implemented yet"))
     }
 }
