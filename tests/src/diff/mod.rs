@@ -1,0 +1,24 @@
+//! The differential machinery: the same requests against two servers, compared field by
+//! field.
+//!
+//! - [`request`]: the request model ([`Req`]) with builders ([`range`], [`put`], [`delete`],
+//!   [`txn`], [`compact`], [`Cmp`]) and the conversion to `etcd-client` types.
+//! - [`outcome`]: normalised responses and errors ([`Outcome`]).
+//! - [`script`]: [`Script`] (named steps with optional expectations) and [`run_script`].
+//! - [`runner`]: [`run_differential`], fresh etcd vs fresh server under test, with a diff.
+
+pub mod outcome;
+pub mod request;
+pub mod runner;
+pub mod script;
+
+pub use outcome::{Bytes, Header, Kv, Normalizer, Outcome, Resp, RpcError};
+pub use request::{
+    compact, delete, prefix_end, put, range, range_all, txn, Cmp, CmpTarget, CompactReq, DeleteReq, PutReq, RangeReq,
+    Req, TxnReq,
+};
+pub use runner::{diff_transcripts, line_diff, render_transcript, run_differential, run_differential_with_args};
+pub use script::{run_script, Expect, Record, Script, Step};
+
+/// Re-exported so scenarios need not depend on `etcd-client` names directly.
+pub use etcd_client::{CompareOp, SortOrder, SortTarget};

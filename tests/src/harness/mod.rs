@@ -1,0 +1,16 @@
+//! Processes and binaries for tests.
+//!
+//! - [`ports`]: [`free_port`], never the same port twice in one test process.
+//! - [`bins`]: where `etcd`, `etcdctl` and `cairn` are, and which server is under test.
+//! - [`server`]: [`Server`], one single-node server process started with etcd's flags.
+//! - [`etcdctl`]: run `etcdctl` (API v3) against an endpoint.
+
+pub mod bins;
+pub mod etcdctl;
+pub mod ports;
+pub mod server;
+
+pub use bins::{cairn_bin, etcd_bin, etcd_bin_dir, etcdctl_bin, repo_root, subject_kind};
+pub use etcdctl::{etcdctl, etcdctl_with_stdin, normalize, CmdOutput};
+pub use ports::free_port;
+pub use server::{Server, ServerKind, ServerOptions};

@@ -1,0 +1,12 @@
+//! Integration tests of Cairn, one test binary (`it`) with a module per area:
+//!
+//! - `harness`: the test harness itself, against real etcd (start, kill -9, restart, stop).
+//! - `differential`: the same KV requests against real etcd 3.5.1 and Cairn, compared
+//!   field by field.
+//! - `etcdctl`: etcdctl 3.5.1 against Cairn, compared with etcd where output must match.
+//!
+//! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
+
+mod differential;
+mod etcdctl;
+mod harness;
