@@ -60,7 +60,8 @@ impl Cluster for ClusterService {
             self.ctx.linearizable_barrier().await?;
         }
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.ctx.header(self.ctx.node.store().current_revision())),
+            // etcd's member list header carries no revision.
+            header: Some(self.ctx.header(0)),
             members: self.members(),
         }))
     }

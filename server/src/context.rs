@@ -47,6 +47,15 @@ impl Context {
         }
     }
 
+    /// grpc-go's receive limit as etcd sets it (max-request-bytes + 512 KiB), with its error.
+    pub fn check_grpc_size(&self, len: usize) -> Result<(), Status> {
+        let max = self.max_request_bytes + crate::GRPC_OVERHEAD_BYTES;
+        if len > max {
+            return Err(Status::resource_exhausted(format!("grpc: received message larger than max ({len} vs. {max})")));
+        }
+        Ok(())
+    }
+
     /// Replicates a write and waits for it to be applied here. `encoded_len` is the
     /// request's protobuf size, checked against `--max-request-bytes` as etcd checks it.
     pub async fn propose(&self, cmd: Command, encoded_len: usize) -> Result<Applied, Status> {

@@ -138,26 +138,54 @@ pub fn txn_req(r: &pb::TxnRequest) -> st::TxnRequest {
     }
 }
 
-/// Inner responses carry a header with only the txn's revision, as etcd 3.5 fills them.
+/// Inner responses carry a header with only a revision, as etcd 3.5 fills it: the store
+/// revision as the op saw it, i.e. the old revision until the txn's first write and the new
+/// one from then on. A nested txn's own header has revision 0.
 pub fn txn_resp(r: st::TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
-    let inner = pb::ResponseHeader { revision: header.revision, ..Default::default() };
-    pb::TxnResponse { header: Some(header), succeeded: r.succeeded, responses: responses(r.responses, &inner) }
+    let changed = writes(&r.responses);
+    let new = header.revision;
+    let old = if changed { new - 1 } else { new };
+    let mut written = false;
+    let responses = responses(r.responses, old, new, &mut written);
+    pb::TxnResponse { header: Some(header), succeeded: r.succeeded, responses }
 }
 
-fn responses(rs: Vec<st::ResponseOp>, inner: &pb::ResponseHeader) -> Vec<pb::ResponseOp> {
+/// Whether executing these responses' ops changed the store.
+fn writes(rs: &[st::ResponseOp]) -> bool {
+    rs.iter().any(|r| match r {
+        st::ResponseOp::Put(_) => true,
+        st::ResponseOp::DeleteRange(d) => d.deleted > 0,
+        st::ResponseOp::Txn(t) => writes(&t.responses),
+        st::ResponseOp::Range(_) => false,
+    })
+}
+
+fn responses(rs: Vec<st::ResponseOp>, old: i64, new: i64, written: &mut bool) -> Vec<pb::ResponseOp> {
     use pb::response_op::Response as R;
-    rs.into_iter()
-        .map(|r| pb::ResponseOp {
-            response: Some(match r {
-                st::ResponseOp::Range(x) => R::ResponseRange(range_resp(x, *inner)),
-                st::ResponseOp::Put(x) => R::ResponsePut(put_resp(x, *inner)),
-                st::ResponseOp::DeleteRange(x) => R::ResponseDeleteRange(delete_resp(x, *inner)),
-                st::ResponseOp::Txn(x) => R::ResponseTxn(pb::TxnResponse {
-                    header: Some(*inner),
-                    succeeded: x.succeeded,
-                    responses: responses(x.responses, inner),
-                }),
+    let mut out = Vec::with_capacity(rs.len());
+    for r in rs {
+        let response = match r {
+            st::ResponseOp::Txn(x) => R::ResponseTxn(pb::TxnResponse {
+                header: Some(pb::ResponseHeader::default()),
+                succeeded: x.succeeded,
+                responses: responses(x.responses, old, new, written),
             }),
-        })
-        .collect()
+            other => {
+                *written |= match &other {
+                    st::ResponseOp::Put(_) => true,
+                    st::ResponseOp::DeleteRange(d) => d.deleted > 0,
+                    _ => false,
+                };
+                let h = pb::ResponseHeader { revision: if *written { new } else { old }, ..Default::default() };
+                match other {
+                    st::ResponseOp::Range(x) => R::ResponseRange(range_resp(x, h)),
+                    st::ResponseOp::Put(x) => R::ResponsePut(put_resp(x, h)),
+                    st::ResponseOp::DeleteRange(x) => R::ResponseDeleteRange(delete_resp(x, h)),
+                    st::ResponseOp::Txn(_) => unreachable!("handled above"),
+                }
+            }
+        };
+        out.push(pb::ResponseOp { response: Some(response) });
+    }
+    out
 }

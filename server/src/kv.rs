@@ -24,6 +24,7 @@ impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, name = "kv.range")]
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = request.into_inner();
+        self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::range_req(&r);
         validate::check_range(&dreq).map_err(|e| status::request_error(&e))?;
         if !r.serializable {
@@ -45,6 +46,7 @@ impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, name = "kv.put")]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
+        self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::put_req(&r);
         validate::check_put(&dreq).map_err(|e| status::request_error(&e))?;
         let applied = self.ctx.propose(Command::Put(dreq), r.encoded_len()).await?;
@@ -61,6 +63,7 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let r = request.into_inner();
+        self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::delete_req(&r);
         validate::check_delete(&dreq).map_err(|e| status::request_error(&e))?;
         let applied = self.ctx.propose(Command::DeleteRange(dreq), r.encoded_len()).await?;
@@ -76,6 +79,7 @@ impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, name = "kv.txn")]
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
+        self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::txn_req(&r);
         validate::check_txn(&dreq, self.ctx.max_txn_ops).map_err(|e| status::request_error(&e))?;
         let applied = self.ctx.propose(Command::Txn(dreq), r.encoded_len()).await?;
@@ -92,6 +96,7 @@ impl Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let r = request.into_inner();
+        self.ctx.check_grpc_size(r.encoded_len())?;
         let cmd = Command::Compact(CompactionRequest { revision: r.revision, physical: r.physical });
         let applied = self.ctx.propose(cmd, r.encoded_len()).await?;
         match applied.result {

@@ -35,6 +35,10 @@ use crate::context::Context;
 /// that an oversized write gets etcd's "request is too large" rather than a transport error.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// How far past etcd's gRPC limit tonic still decodes a message, so that the handler can
+/// answer with grpc-go's exact "received message larger than max" error.
+pub const TONIC_SLACK_BYTES: usize = 16 << 20;
+
 /// FNV-1a, 64 bit: derives stable member and cluster IDs from the bootstrap flags.
 fn fnv64(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -128,7 +132,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         proposals: Semaphore::new(context::MAX_INFLIGHT_PROPOSALS),
         compactor,
     });
-    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // tonic refuses only far larger messages (with its own error); up to that, handlers
+    // refuse what exceeds etcd's limit with grpc-go's message (`Context::check_grpc_size`).
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES + TONIC_SLACK_BYTES;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for l in listeners {
