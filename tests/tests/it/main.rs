@@ -4,9 +4,11 @@
 //! - `differential`: the same KV requests against real etcd 3.5.1 and Cairn, compared
 //!   field by field.
 //! - `etcdctl`: etcdctl 3.5.1 against Cairn, compared with etcd where output must match.
+//! - `crash`: kill -9 under concurrent writers, restart, every acknowledged write present.
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
+mod crash;
 mod differential;
 mod etcdctl;
 mod harness;
