@@ -25,22 +25,11 @@ fn find_protoc() -> PathBuf {
         if p.is_file() {
             return p;
         }
-        panic!(
-            "{NO_PROTOC}\n(PROTOC is set to {}, which is not a file.)",
-            p.display()
-        );
+        panic!("{NO_PROTOC}\n(PROTOC is set to {}, which is not a file.)", p.display());
     }
-    let exe = if cfg!(windows) {
-        "protoc.exe"
-    } else {
-        "protoc"
-    };
+    let exe = if cfg!(windows) { "protoc.exe" } else { "protoc" };
     env::var_os("PATH")
-        .and_then(|paths| {
-            env::split_paths(&paths)
-                .map(|dir| dir.join(exe))
-                .find(|candidate| candidate.is_file())
-        })
+        .and_then(|paths| env::split_paths(&paths).map(|dir| dir.join(exe)).find(|candidate| candidate.is_file()))
         .unwrap_or_else(|| panic!("{NO_PROTOC}"))
 }
 
@@ -66,10 +55,5 @@ fn main() {
         // generated as `bytes::Bytes`, so buffers can be shared without copies.
         .bytes(".")
         .compile_protos(PROTOS, &[PROTO_ROOT])
-        .unwrap_or_else(|e| {
-            panic!(
-                "cairn-proto: compiling the .proto files with {} failed: {e}",
-                protoc.display()
-            )
-        });
+        .unwrap_or_else(|e| panic!("cairn-proto: compiling the .proto files with {} failed: {e}", protoc.display()));
 }

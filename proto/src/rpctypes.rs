@@ -135,10 +135,7 @@ etcd_errors! {
 impl EtcdError {
     /// The code and message as a [`RpcError`] value.
     pub const fn rpc_error(self) -> RpcError {
-        RpcError {
-            code: self.code(),
-            message: self.message(),
-        }
+        RpcError { code: self.code(), message: self.message() }
     }
 
     /// A fresh `tonic::Status` carrying this error's code and exact message.
@@ -208,71 +205,19 @@ mod tests {
     #[test]
     fn selected_codes_and_messages() {
         let cases = [
-            (
-                EtcdError::EmptyKey,
-                Code::InvalidArgument,
-                "etcdserver: key is not provided",
-            ),
-            (
-                EtcdError::Compacted,
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted",
-            ),
-            (
-                EtcdError::FutureRev,
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision is a future revision",
-            ),
-            (
-                EtcdError::LeaseNotFound,
-                Code::NotFound,
-                "etcdserver: requested lease not found",
-            ),
-            (
-                EtcdError::LeaseTtlTooLarge,
-                Code::OutOfRange,
-                "etcdserver: too large lease TTL",
-            ),
-            (
-                EtcdError::NoSpace,
-                Code::ResourceExhausted,
-                "etcdserver: mvcc: database space exceeded",
-            ),
-            (
-                EtcdError::NotCapable,
-                Code::FailedPrecondition,
-                "etcdserver: not capable",
-            ),
-            (
-                EtcdError::NotSupportedForLearner,
-                Code::FailedPrecondition,
-                "etcdserver: rpc not supported for learner",
-            ),
-            (
-                EtcdError::InvalidAuthToken,
-                Code::Unauthenticated,
-                "etcdserver: invalid auth token",
-            ),
-            (
-                EtcdError::PeerUrlExist,
-                Code::FailedPrecondition,
-                "etcdserver: Peer URLs already exists",
-            ),
-            (
-                EtcdError::Corrupt,
-                Code::DataLoss,
-                "etcdserver: corrupt cluster",
-            ),
-            (
-                EtcdError::DeadlineExceeded,
-                Code::DeadlineExceeded,
-                "etcdserver: context deadline exceeded",
-            ),
-            (
-                EtcdError::WatchCanceled,
-                Code::Cancelled,
-                "etcdserver: watch canceled",
-            ),
+            (EtcdError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
+            (EtcdError::Compacted, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
+            (EtcdError::FutureRev, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
+            (EtcdError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
+            (EtcdError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
+            (EtcdError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+            (EtcdError::NotCapable, Code::FailedPrecondition, "etcdserver: not capable"),
+            (EtcdError::NotSupportedForLearner, Code::FailedPrecondition, "etcdserver: rpc not supported for learner"),
+            (EtcdError::InvalidAuthToken, Code::Unauthenticated, "etcdserver: invalid auth token"),
+            (EtcdError::PeerUrlExist, Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
+            (EtcdError::Corrupt, Code::DataLoss, "etcdserver: corrupt cluster"),
+            (EtcdError::DeadlineExceeded, Code::DeadlineExceeded, "etcdserver: context deadline exceeded"),
+            (EtcdError::WatchCanceled, Code::Cancelled, "etcdserver: watch canceled"),
         ];
         for (err, code, msg) in cases {
             assert_eq!(err.code(), code, "{err:?}");
@@ -285,10 +230,7 @@ mod tests {
             assert_eq!(err.to_string(), msg);
         }
         assert_eq!(EtcdError::EmptyKey.go_name(), "ErrGRPCEmptyKey");
-        assert_eq!(
-            EtcdError::LeaseTtlTooLarge.go_name(),
-            "ErrGRPCLeaseTTLTooLarge"
-        );
+        assert_eq!(EtcdError::LeaseTtlTooLarge.go_name(), "ErrGRPCLeaseTTLTooLarge");
     }
 
     #[test]

@@ -7,20 +7,14 @@ use prost::Message;
 
 #[test]
 fn compare_range_end_is_field_64() {
-    let c = Compare {
-        range_end: Bytes::from_static(b"z"),
-        ..Default::default()
-    };
+    let c = Compare { range_end: Bytes::from_static(b"z"), ..Default::default() };
     // tag = (64 << 3) | 2 = 514 = varint [0x82, 0x04]; length 1; "z".
     assert_eq!(c.encode_to_vec(), vec![0x82, 0x04, 0x01, b'z']);
 }
 
 #[test]
 fn compare_value_is_oneof_field_7() {
-    let c = Compare {
-        target_union: Some(compare::TargetUnion::Value(Bytes::from_static(b"v"))),
-        ..Default::default()
-    };
+    let c = Compare { target_union: Some(compare::TargetUnion::Value(Bytes::from_static(b"v"))), ..Default::default() };
     assert_eq!(c.encode_to_vec(), vec![(7 << 3) | 2, 0x01, b'v']);
 }
 
@@ -29,10 +23,7 @@ fn watch_response_events_is_field_11() {
     let w = WatchResponse {
         events: vec![Event {
             r#type: EventType::Delete as i32,
-            kv: Some(KeyValue {
-                key: Bytes::from_static(b"k"),
-                ..Default::default()
-            }),
+            kv: Some(KeyValue { key: Bytes::from_static(b"k"), ..Default::default() }),
             prev_kv: None,
         }],
         ..Default::default()
@@ -44,11 +35,7 @@ fn watch_response_events_is_field_11() {
 
 #[test]
 fn status_response_late_fields() {
-    let s = StatusResponse {
-        is_learner: true,
-        db_size_in_use: 1,
-        ..Default::default()
-    };
+    let s = StatusResponse { is_learner: true, db_size_in_use: 1, ..Default::default() };
     // dbSizeInUse = 9 (varint), isLearner = 10 (varint).
     assert_eq!(s.encode_to_vec(), vec![9 << 3, 0x01, 10 << 3, 0x01]);
 }

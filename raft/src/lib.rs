@@ -9,6 +9,10 @@
 //! - [`codec`]: byte formats of entries, votes and snapshot meta.
 //! - [`types`]: the openraft type configuration.
 
+// openraft's trait methods dictate `StorageError` (224 bytes) as the error type; our helpers
+// return the same type rather than convert at every call.
+#![allow(clippy::result_large_err)]
+
 pub mod codec;
 pub mod log_store;
 pub mod network;

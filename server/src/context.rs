@@ -51,7 +51,9 @@ impl Context {
     pub fn check_grpc_size(&self, len: usize) -> Result<(), Status> {
         let max = self.max_request_bytes + crate::GRPC_OVERHEAD_BYTES;
         if len > max {
-            return Err(Status::resource_exhausted(format!("grpc: received message larger than max ({len} vs. {max})")));
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({len} vs. {max})"
+            )));
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ async fn writer(
     while !stop.load(Ordering::Acquire) {
         seq += 1;
         let value = format!("r{round}-w{id}-{seq}");
-        let res = if seq % 3 == 0 {
+        let res = if seq.is_multiple_of(3) {
             // A two-key txn, kube style: create-if-absent of both keys.
             let a = format!("txn/{round}/{id}/{seq}/a");
             let b = format!("txn/{round}/{id}/{seq}/b");
