@@ -79,13 +79,10 @@ impl std::error::Error for Msg {}
 impl LogStore {
     /// Opens the log file and starts its writer thread.
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let db = Database::builder().create(path).map_err(|e| err(ErrorVerb::Read, e))?;
-        {
-            let w = db.begin_write().map_err(|e| err(ErrorVerb::Write, e))?;
-            w.open_table(LOGS).map_err(|e| err(ErrorVerb::Write, e))?;
-            w.open_table(META).map_err(|e| err(ErrorVerb::Write, e))?;
-            w.commit().map_err(|e| err(ErrorVerb::Write, e))?;
+        if !path.exists() {
+            create_file(path).map_err(|e| err(ErrorVerb::Write, e))?;
         }
+        let db = Database::builder().open(path).map_err(|e| err(ErrorVerb::Read, e))?;
         let db = Arc::new(db);
         let state = {
             let r = db.begin_read().map_err(|e| err(ErrorVerb::Read, e))?;
@@ -130,6 +127,27 @@ impl LogStore {
         let meta = r.open_table(META).map_err(|e| err(ErrorVerb::Read, e))?;
         Ok(meta.get(key).map_err(|e| err(ErrorVerb::Read, e))?.map(|v| v.value().to_vec()))
     }
+}
+
+/// Creates the log file under a temporary name and renames it into place, so that a crash
+/// during a member's first start never leaves a half-written file redb refuses to open.
+fn create_file(path: &Path) -> Result<(), redb::Error> {
+    let tmp = path.with_extension("creating");
+    if tmp.exists() {
+        std::fs::remove_file(&tmp).map_err(redb::Error::Io)?;
+    }
+    {
+        let db = Database::builder().create(&tmp)?;
+        let w = db.begin_write()?;
+        w.open_table(LOGS)?;
+        w.open_table(META)?;
+        w.commit()?;
+    }
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(redb::Error::Io)?;
+    std::fs::rename(&tmp, path).map_err(redb::Error::Io)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(redb::Error::Io)?;
+    Ok(())
 }
 
 /// The writer thread: group commits until the store is dropped.

@@ -83,6 +83,18 @@ impl StateMachine {
     }
 }
 
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
@@ -164,7 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_err)?;
         let (snap, meta_path) = self.current_paths();
         std::fs::rename(self.inner.snapshot_dir.join("receiving.snap"), &snap).map_err(sm_err)?;
-        std::fs::write(&meta_path, codec::encode_snapshot_meta(meta)).map_err(sm_err)?;
+        write_atomically(&meta_path, &codec::encode_snapshot_meta(meta)).map_err(sm_err)?;
         Ok(())
     }
 
@@ -208,7 +220,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let meta = openraft::SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
         let (snap, meta_path) = self.current_paths();
         std::fs::rename(&tmp, &snap).map_err(sm_err)?;
-        std::fs::write(&meta_path, codec::encode_snapshot_meta(&meta)).map_err(sm_err)?;
+        write_atomically(&meta_path, &codec::encode_snapshot_meta(&meta)).map_err(sm_err)?;
         let f = tokio::fs::File::open(&snap).await.map_err(sm_err)?;
         Ok(Snapshot { meta, snapshot: Box::new(f) })
     }

@@ -78,7 +78,18 @@ async fn wait_for(count: &AtomicUsize, n: usize, server: &Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_under_writes_loses_no_acknowledged_write() {
-    let mut server = Server::start(ServerKind::Cairn).await;
+    crash_rounds(&[]).await;
+}
+
+/// The same with a raft snapshot (and log purge) every 64 entries, so that restarts begin
+/// from a snapshot and a purged log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_with_frequent_snapshots_loses_no_acknowledged_write() {
+    crash_rounds(&["--snapshot-count", "64"]).await;
+}
+
+async fn crash_rounds(args: &[&str]) {
+    let mut server = Server::start_with_args(ServerKind::Cairn, args).await;
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
     let mut last_revision = 1i64;
     for round in 0..3 {
