@@ -35,7 +35,8 @@ struct Inner {
 
 struct SmState {
     last_durable: Instant,
-    receiving: u64,
+    /// The last applied membership, cached; `None` until loaded from the store.
+    membership: Option<StoredMembership>,
 }
 
 #[derive(Clone)]
@@ -63,7 +64,7 @@ impl StateMachine {
             inner: Arc::new(Inner {
                 store,
                 snapshot_dir,
-                lock: Mutex::new(SmState { last_durable: Instant::now(), receiving: 0 }),
+                lock: Mutex::new(SmState { last_durable: Instant::now(), membership: None }),
                 listener: std::sync::Mutex::new(None),
             }),
         })
@@ -108,7 +109,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut guard = self.inner.lock.lock().await;
-        let (_, mut membership) = self.sm_state()?;
+        let mut membership = match guard.membership.take() {
+            Some(m) => m,
+            None => self.sm_state()?.1,
+        };
         let mut last = None;
         let mut items: Vec<(u64, Option<Command>)> = Vec::new();
         for e in entries {
@@ -136,6 +140,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| sm_err(Msg(format!("apply task failed: {e}"))))?
         .map_err(sm_err)?;
+        guard.membership = Some(membership);
         if durable {
             guard.last_durable = Instant::now();
         }
@@ -151,8 +156,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let mut guard = self.inner.lock.lock().await;
-        guard.receiving += 1;
+        let _guard = self.inner.lock.lock().await;
         let path = self.inner.snapshot_dir.join("receiving.snap");
         let f = tokio::fs::File::create(&path).await.map_err(sm_err)?;
         Ok(Box::new(f))
@@ -163,7 +167,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &openraft::SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let _guard = self.inner.lock.lock().await;
+        let mut guard = self.inner.lock.lock().await;
+        guard.membership = None;
         let mut f = *snapshot;
         use tokio::io::AsyncSeekExt;
         f.sync_all().await.map_err(sm_err)?;
