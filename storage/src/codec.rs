@@ -357,11 +357,19 @@ mod tests {
                 RequestOp::Put(PutRequest { key: b"a".to_vec(), value: b"1".to_vec(), lease: 7, ..Default::default() }),
                 RequestOp::Txn(TxnRequest {
                     compare: vec![],
-                    success: vec![RequestOp::Range(RangeRequest { key: b"x".to_vec(), limit: 3, ..Default::default() })],
+                    success: vec![RequestOp::Range(RangeRequest {
+                        key: b"x".to_vec(),
+                        limit: 3,
+                        ..Default::default()
+                    })],
                     failure: vec![],
                 }),
             ],
-            failure: vec![RequestOp::DeleteRange(DeleteRangeRequest { key: b"z".to_vec(), range_end: vec![], prev_kv: true })],
+            failure: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                key: b"z".to_vec(),
+                range_end: vec![],
+                prev_kv: true,
+            })],
         });
         let enc = cmd.encode();
         assert_eq!(Command::decode(&enc).expect("round trip"), cmd);

@@ -65,7 +65,8 @@ pub enum StoreError {
     Corrupt { what: String },
     /// The file was written by a format this build does not read.
     FormatVersion { found: u32, supported: u32 },
-    /// Reading or writing a snapshot stream failed.
+    /// A file operation outside redb failed: reading or writing a snapshot stream, creating
+    /// the store file.
     Io(std::io::Error),
 }
 
@@ -77,7 +78,7 @@ impl fmt::Display for StoreError {
             StoreError::FormatVersion { found, supported } => {
                 write!(f, "data format version {found} is not supported (this build reads {supported})")
             }
-            StoreError::Io(e) => write!(f, "snapshot I/O error: {e}"),
+            StoreError::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
 }

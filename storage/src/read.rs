@@ -21,7 +21,10 @@ const SEEK_AFTER_ROWS: usize = 8;
 pub enum KeySpan<'a> {
     Single(&'a [u8]),
     /// `[start, end)`, or to the end of the keyspace when `end` is `None`.
-    Range { start: &'a [u8], end: Option<&'a [u8]> },
+    Range {
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    },
 }
 
 impl<'a> KeySpan<'a> {
@@ -166,7 +169,9 @@ where
 {
     match revs.get((main, sub))? {
         Some(v) => Ok(Record::decode(v.value())?),
-        None => Err(StoreError::Corrupt { what: format!("key index names revision {main}.{sub} missing from the revision log") }),
+        None => Err(StoreError::Corrupt {
+            what: format!("key index names revision {main}.{sub} missing from the revision log"),
+        }),
     }
 }
 
@@ -177,7 +182,9 @@ where
 {
     let rec = load(revs, l.main, l.sub)?;
     if rec.tombstone || rec.key != l.key {
-        return Err(StoreError::Corrupt { what: format!("revision {}.{} does not hold live key {:?}", l.main, l.sub, l.key) });
+        return Err(StoreError::Corrupt {
+            what: format!("revision {}.{} does not hold live key {:?}", l.main, l.sub, l.key),
+        });
     }
     Ok(rec.into_kv(l.main as i64))
 }
@@ -216,8 +223,11 @@ where
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
     // What etcd asks of its index: everything when it must sort or filter, else limit+1.
-    let fetch: Option<usize> =
-        if req.sort_order != SortOrder::None || filtered || req.limit <= 0 { None } else { Some(req.limit as usize + 1) };
+    let fetch: Option<usize> = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+        None
+    } else {
+        Some(req.limit as usize + 1)
+    };
     let span = KeySpan::new(&req.key, &req.range_end);
     let mut count: i64 = 0;
     let mut rows: Vec<Live> = Vec::new();

@@ -35,7 +35,9 @@ pub const META_CURRENT_REVISION: &str = "current_revision";
 pub const META_COMPACT_REVISION: &str = "compact_revision";
 /// i64 LE: the compact revision up to which physical removal has finished.
 pub const META_PHYSICAL_COMPACTED: &str = "physical_compacted";
-/// 2 x u64 LE: where the running physical compaction resumes in `REVS` (inclusive).
+/// i64 LE + 2 x u64 LE: the running physical compaction pass, as its target revision and the
+/// `REVS` position `(main, sub)` where it resumes (inclusive). A pass in progress is one
+/// whose target is above `physical_compacted`.
 pub const META_COMPACT_CURSOR: &str = "compact_cursor";
 /// u64 LE: the raft log index of the last applied entry.
 pub const META_APPLIED_INDEX: &str = "applied_index";

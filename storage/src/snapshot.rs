@@ -115,6 +115,7 @@ impl Store {
         if version != FORMAT_VERSION {
             return Err(StoreError::FormatVersion { found: version, supported: FORMAT_VERSION });
         }
+        let _writer = self.writer();
         let mut wtx = self.database().begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
         for name in ["meta", "key_index", "revs", "leases", "lease_keys"] {
@@ -166,7 +167,9 @@ impl Store {
             }
             let get = |key: &str| -> Result<i64, StoreError> {
                 match meta.get(key)? {
-                    Some(v) => Ok(i64::from_le_bytes(v.value().try_into().map_err(|_| DecodeError(format!("meta {key}")))?)),
+                    Some(v) => {
+                        Ok(i64::from_le_bytes(v.value().try_into().map_err(|_| DecodeError(format!("meta {key}")))?))
+                    }
                     None => Ok(0),
                 }
             };

@@ -7,8 +7,9 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use crate::error::{RequestError, StoreError};
 use crate::read::{self, IndexKey, KeySpan, Live};
@@ -34,6 +35,11 @@ impl Default for StoreOptions {
 pub struct Store {
     db: Database,
     opts: StoreOptions,
+    /// Held by the writers that move the revisions (apply, snapshot import) from before their
+    /// write transaction until they have published its revisions, so that the published
+    /// values follow commit order. Apply reads the revisions it builds on from the file, in
+    /// its transaction, never from these copies.
+    writer: Mutex<()>,
     /// Latest revision, published after each commit (readers use their snapshot's own).
     current_revision: AtomicI64,
     /// Compacted revision, published after each commit.
@@ -86,14 +92,79 @@ impl ApplyState {
     }
 }
 
+/// Checks the format version of the file and writes the initial meta values into a new one;
+/// returns the current and compacted revisions.
+fn init_file(db: &Database) -> Result<(Revision, Revision), StoreError> {
+    let wtx = db.begin_write()?;
+    let (current, compacted) = {
+        let mut meta = wtx.open_table(META)?;
+        let version = match meta.get(META_FORMAT_VERSION)? {
+            Some(v) => {
+                let b: [u8; 4] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt { what: "format version is not 4 bytes".into() })?;
+                Some(u32::from_le_bytes(b))
+            }
+            None => None,
+        };
+        match version {
+            Some(v) if v != FORMAT_VERSION => {
+                return Err(StoreError::FormatVersion { found: v, supported: FORMAT_VERSION })
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
+                // A fresh etcd store is at revision 1: the first change makes revision 2.
+                meta.insert(META_CURRENT_REVISION, 1i64.to_le_bytes().as_slice())?;
+                meta.insert(META_COMPACT_REVISION, 0i64.to_le_bytes().as_slice())?;
+            }
+        }
+        let current = get_i64(&meta, META_CURRENT_REVISION)?
+            .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
+        let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+        drop(meta);
+        wtx.open_table(KEY_INDEX)?;
+        wtx.open_table(REVS)?;
+        wtx.open_table(LEASES)?;
+        wtx.open_table(LEASE_KEYS)?;
+        (current, compacted)
+    };
+    wtx.commit()?;
+    Ok((current, compacted))
+}
+
+/// Creates and initialises a new store file under a temporary name, then renames it into
+/// place: a crash during a node's very first start must not leave a half-written file at
+/// `path`, which redb would refuse to open ("not a redb database") on every later start.
+fn create_file(path: &Path) -> Result<(), StoreError> {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".creating");
+    let tmp = path.with_file_name(name);
+    // A leftover of an interrupted creation holds nothing.
+    if tmp.exists() {
+        std::fs::remove_file(&tmp)?;
+    }
+    {
+        let db = Database::builder().create(&tmp)?;
+        init_file(&db)?;
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 fn get_i64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<i64>, StoreError> {
     match meta.get(key)? {
         None => Ok(None),
         Some(v) => {
-            let b: [u8; 8] = v
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt { what: format!("meta {key} is not 8 bytes") })?;
+            let b: [u8; 8] =
+                v.value().try_into().map_err(|_| StoreError::Corrupt { what: format!("meta {key} is not 8 bytes") })?;
             Ok(Some(i64::from_le_bytes(b)))
         }
     }
@@ -102,46 +173,25 @@ fn get_i64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) ->
 impl Store {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        let db = Database::builder().create(path)?;
-        let wtx = db.begin_write()?;
-        let (current, compacted) = {
-            let mut meta = wtx.open_table(META)?;
-            let version = match meta.get(META_FORMAT_VERSION)? {
-                Some(v) => {
-                    let b: [u8; 4] = v
-                        .value()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt { what: "format version is not 4 bytes".into() })?;
-                    Some(u32::from_le_bytes(b))
-                }
-                None => None,
-            };
-            match version {
-                Some(v) if v != FORMAT_VERSION => {
-                    return Err(StoreError::FormatVersion { found: v, supported: FORMAT_VERSION })
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
-                    // A fresh etcd store is at revision 1: the first change makes revision 2.
-                    meta.insert(META_CURRENT_REVISION, 1i64.to_le_bytes().as_slice())?;
-                    meta.insert(META_COMPACT_REVISION, 0i64.to_le_bytes().as_slice())?;
-                }
-            }
-            let current = get_i64(&meta, META_CURRENT_REVISION)?
-                .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
-            let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
-            drop(meta);
-            wtx.open_table(KEY_INDEX)?;
-            wtx.open_table(REVS)?;
-            wtx.open_table(LEASES)?;
-            wtx.open_table(LEASE_KEYS)?;
-            (current, compacted)
-        };
-        wtx.commit()?;
+        if !path.exists() {
+            create_file(path)?;
+        }
+        Store::from_database(Database::builder().create(path)?, opts)
+    }
+
+    /// Opens (or creates) a store on any redb storage backend. For tests that inject faults
+    /// below redb (crash consistency); production code uses [`Store::open`].
+    #[doc(hidden)]
+    pub fn open_with_backend(backend: impl redb::StorageBackend, opts: StoreOptions) -> Result<Store, StoreError> {
+        Store::from_database(Database::builder().create_with_backend(backend)?, opts)
+    }
+
+    fn from_database(db: Database, opts: StoreOptions) -> Result<Store, StoreError> {
+        let (current, compacted) = init_file(&db)?;
         Ok(Store {
             db,
             opts,
+            writer: Mutex::new(()),
             current_revision: AtomicI64::new(current),
             compact_revision: AtomicI64::new(compacted),
         })
@@ -174,23 +224,30 @@ impl Store {
     /// Applies a batch of raft entries in one transaction. `raft_state` is stored with the
     /// applied index. With `durable` the commit is fsynced; otherwise it becomes durable with
     /// the next durable commit (the raft log covers the gap after a crash).
-    pub fn apply_batch(&self, entries: &[ApplyEntry<'_>], raft_state: &[u8], durable: bool) -> Result<BatchOutcome, StoreError> {
+    pub fn apply_batch(
+        &self,
+        entries: &[ApplyEntry<'_>],
+        raft_state: &[u8],
+        durable: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        let _writer = self.writer();
         let mut wtx = self.db.begin_write()?;
         wtx.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut out = BatchOutcome { applied: Vec::with_capacity(entries.len()), events: Vec::new() };
         let (current, compacted) = {
+            let mut meta = wtx.open_table(META)?;
+            let current = get_i64(&meta, META_CURRENT_REVISION)?
+                .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
+            let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+            assert_eq!(current, self.current_revision(), "published current revision matches the file");
+            assert_eq!(compacted, self.compact_revision(), "published compact revision matches the file");
             let mut t = Tables {
                 index: wtx.open_table(KEY_INDEX)?,
                 revs: wtx.open_table(REVS)?,
                 leases: wtx.open_table(LEASES)?,
                 lease_keys: wtx.open_table(LEASE_KEYS)?,
             };
-            let mut st = ApplyState {
-                current: self.current_revision(),
-                compacted: self.compact_revision(),
-                next_sub: 0,
-                events: Vec::new(),
-            };
+            let mut st = ApplyState { current, compacted, next_sub: 0, events: Vec::new() };
             let mut last_index = None;
             for e in entries {
                 if let Some(prev) = last_index {
@@ -211,7 +268,7 @@ impl Store {
                 assert!(st.current == before || st.current == before + 1, "a command makes at most one revision");
                 out.applied.push(Some(Applied { revision: st.current, result }));
             }
-            let mut meta = wtx.open_table(META)?;
+            assert!(st.compacted <= st.current, "compact revision {} above current {}", st.compacted, st.current);
             meta.insert(META_CURRENT_REVISION, st.current.to_le_bytes().as_slice())?;
             meta.insert(META_COMPACT_REVISION, st.compacted.to_le_bytes().as_slice())?;
             if let Some(i) = last_index {
@@ -241,10 +298,7 @@ impl Store {
         let rtx = self.db.begin_read()?;
         let (current, compacted) = {
             let meta = rtx.open_table(META)?;
-            (
-                get_i64(&meta, META_CURRENT_REVISION)?.unwrap_or(1),
-                get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0),
-            )
+            (get_i64(&meta, META_CURRENT_REVISION)?.unwrap_or(1), get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0))
         };
         Ok(ReadView { index: rtx.open_table(KEY_INDEX)?, revs: rtx.open_table(REVS)?, current, compacted })
     }
@@ -259,6 +313,33 @@ impl Store {
         Ok(done)
     }
 
+    /// Row counts of the key index and the revision log, for tests that check what physical
+    /// compaction removed. Not part of the API.
+    #[doc(hidden)]
+    pub fn debug_row_counts(&self) -> Result<RowCounts, StoreError> {
+        let rtx = self.db.begin_read()?;
+        Ok(RowCounts { key_index: rtx.open_table(KEY_INDEX)?.len()?, revs: rtx.open_table(REVS)?.len()? })
+    }
+
+    /// Every key-index row as `(key, main, sub, tombstone)`, in key order, for tests that
+    /// check exactly which rows physical compaction kept. Not part of the API.
+    #[doc(hidden)]
+    pub fn debug_index_rows(&self) -> Result<Vec<IndexRow>, StoreError> {
+        let rtx = self.db.begin_read()?;
+        let mut rows = Vec::new();
+        for row in rtx.open_table(KEY_INDEX)?.iter()? {
+            let (k, flags) = row?;
+            let (key, main, sub) = k.value();
+            rows.push((key.to_vec(), main, sub, flags.value() & FLAG_TOMBSTONE != 0));
+        }
+        Ok(rows)
+    }
+
+    /// The writer lock (see the `writer` field).
+    pub(crate) fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().expect("store writer lock poisoned: a writer panicked mid-apply")
+    }
+
     pub(crate) fn database(&self) -> &Database {
         &self.db
     }
@@ -268,6 +349,18 @@ impl Store {
     pub(crate) fn compact_revision_atomic(&self) -> &AtomicI64 {
         &self.compact_revision
     }
+}
+
+/// One key-index row as `(key, main, sub, tombstone)` ([`Store::debug_index_rows`]).
+#[doc(hidden)]
+pub type IndexRow = (Vec<u8>, u64, u64, bool);
+
+/// Rows in the two MVCC tables ([`Store::debug_row_counts`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowCounts {
+    pub key_index: u64,
+    pub revs: u64,
 }
 
 /// A read snapshot: every read through it sees one revision of the store.
@@ -293,10 +386,19 @@ impl ReadView {
 
 /// Applies one command; request errors leave no trace (everything is checked before the
 /// first write).
-fn apply_command(t: &mut Tables<'_>, st: &mut ApplyState, cmd: &Command) -> Result<Result<CommandResponse, RequestError>, StoreError> {
+fn apply_command(
+    t: &mut Tables<'_>,
+    st: &mut ApplyState,
+    cmd: &Command,
+) -> Result<Result<CommandResponse, RequestError>, StoreError> {
     match cmd {
         Command::Put(p) => {
-            if let Err(e) = check_put_state(t, st, p)? {
+            // etcd's applierV3backend.Put looks the lease up before ignore_* needs the key;
+            // inside a txn (checkRequestPut) the order is the other way round.
+            if let Err(e) = check_put_lease(t, p)? {
+                return Ok(Err(e));
+            }
+            if let Err(e) = check_put_key(t, st, p)? {
                 return Ok(Err(e));
             }
             Ok(Ok(CommandResponse::Put(put(t, st, p)?)))
@@ -322,14 +424,16 @@ fn apply_command(t: &mut Tables<'_>, st: &mut ApplyState, cmd: &Command) -> Resu
     }
 }
 
-/// The apply-time checks of a put: the key must exist for ignore_value/ignore_lease, and a
-/// lease must exist.
-fn check_put_state(t: &Tables<'_>, st: &ApplyState, p: &PutRequest) -> Result<Result<(), RequestError>, StoreError> {
-    if p.ignore_value || p.ignore_lease {
-        if read::live_at(&t.index, &p.key, st.read_rev() as u64)?.is_none() {
-            return Ok(Err(RequestError::KeyNotFound));
-        }
+/// Apply-time check of a put: the key must exist for ignore_value/ignore_lease.
+fn check_put_key(t: &Tables<'_>, st: &ApplyState, p: &PutRequest) -> Result<Result<(), RequestError>, StoreError> {
+    if (p.ignore_value || p.ignore_lease) && read::live_at(&t.index, &p.key, st.read_rev() as u64)?.is_none() {
+        return Ok(Err(RequestError::KeyNotFound));
     }
+    Ok(Ok(()))
+}
+
+/// Apply-time check of a put: its lease must exist.
+fn check_put_lease(t: &Tables<'_>, p: &PutRequest) -> Result<Result<(), RequestError>, StoreError> {
     if p.lease != 0 && !p.ignore_lease && t.leases.get(p.lease)?.is_none() {
         return Ok(Err(RequestError::LeaseNotFound { lease: p.lease }));
     }
@@ -345,7 +449,8 @@ fn put(t: &mut Tables<'_>, st: &mut ApplyState, p: &PutRequest) -> Result<PutRes
     let sub = st.next_sub;
     st.next_sub += 1;
     let lease = if p.ignore_lease { prev.as_ref().map_or(0, |kv| kv.lease) } else { p.lease };
-    let value = if p.ignore_value { prev.as_ref().map(|kv| kv.value.clone()).unwrap_or_default() } else { p.value.clone() };
+    let value =
+        if p.ignore_value { prev.as_ref().map(|kv| kv.value.clone()).unwrap_or_default() } else { p.value.clone() };
     let rec = Record {
         tombstone: false,
         key: p.key.clone(),
@@ -369,7 +474,11 @@ fn put(t: &mut Tables<'_>, st: &mut ApplyState, p: &PutRequest) -> Result<PutRes
     Ok(PutResponse { prev_kv: if p.prev_kv { prev } else { None } })
 }
 
-fn delete_range(t: &mut Tables<'_>, st: &mut ApplyState, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
+fn delete_range(
+    t: &mut Tables<'_>,
+    st: &mut ApplyState,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, StoreError> {
     let span = KeySpan::new(&d.key, &d.range_end);
     let mut live: Vec<Live> = Vec::new();
     read::scan_live(&t.index, &span, st.read_rev() as u64, |l| {
@@ -382,13 +491,17 @@ fn delete_range(t: &mut Tables<'_>, st: &mut ApplyState, d: &DeleteRangeRequest)
         let kv = read::load_kv(&t.revs, &l)?;
         let sub = st.next_sub;
         st.next_sub += 1;
-        let rec = Record { tombstone: true, key: l.key.clone(), create_revision: 0, version: 0, lease: 0, value: Vec::new() };
+        let rec =
+            Record { tombstone: true, key: l.key.clone(), create_revision: 0, version: 0, lease: 0, value: Vec::new() };
         t.index.insert((l.key.as_slice(), rev as u64, sub), FLAG_TOMBSTONE)?;
         t.revs.insert((rev as u64, sub), rec.encode().as_slice())?;
         if kv.lease != 0 {
             t.lease_keys.remove((kv.lease, l.key.as_slice()))?;
         }
-        st.events.push(Event { kind: EventKind::Delete, kv: KeyValue { key: l.key, mod_revision: rev, ..Default::default() } });
+        st.events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue { key: l.key, mod_revision: rev, ..Default::default() },
+        });
         if d.prev_kv {
             resp.prev_kvs.push(kv);
         }
@@ -404,7 +517,23 @@ struct TxnPath {
     nested: Vec<TxnPath>,
 }
 
+/// Decides the path of a txn and makes etcd's checks along it, before any write: first every
+/// put on the path (key for ignore_*, then lease), then every range's revision (etcd's
+/// `checkRequests` with `checkRequestPut`, then with `checkRequestRange`).
 fn txn_path(t: &Tables<'_>, st: &ApplyState, x: &TxnRequest) -> Result<Result<TxnPath, RequestError>, StoreError> {
+    let path = decide_path(t, st, x)?;
+    if let Err(e) = check_path(t, st, x, &path, CheckPass::Puts)? {
+        return Ok(Err(e));
+    }
+    if let Err(e) = check_path(t, st, x, &path, CheckPass::Ranges)? {
+        return Ok(Err(e));
+    }
+    Ok(Ok(path))
+}
+
+/// Evaluates the compares of a txn and of the nested txns on its path, all on the state
+/// before the txn (etcd's `compareToPath`).
+fn decide_path(t: &Tables<'_>, st: &ApplyState, x: &TxnRequest) -> Result<TxnPath, StoreError> {
     let mut succeeded = true;
     for c in &x.compare {
         if !compare(t, st, c)? {
@@ -415,25 +544,48 @@ fn txn_path(t: &Tables<'_>, st: &ApplyState, x: &TxnRequest) -> Result<Result<Tx
     let ops = if succeeded { &x.success } else { &x.failure };
     let mut nested = Vec::new();
     for op in ops {
-        match op {
-            RequestOp::Txn(inner) => match txn_path(t, st, inner)? {
-                Ok(p) => nested.push(p),
-                Err(e) => return Ok(Err(e)),
-            },
-            RequestOp::Put(p) => {
-                if let Err(e) = check_put_state(t, st, p)? {
-                    return Ok(Err(e));
-                }
-            }
-            RequestOp::Range(r) => {
-                if let Err(e) = read::resolve_revision(r.revision, st.current, st.compacted) {
-                    return Ok(Err(e));
-                }
-            }
-            RequestOp::DeleteRange(_) => {}
+        if let RequestOp::Txn(inner) = op {
+            nested.push(decide_path(t, st, inner)?);
         }
     }
-    Ok(Ok(TxnPath { succeeded, nested }))
+    Ok(TxnPath { succeeded, nested })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckPass {
+    Puts,
+    Ranges,
+}
+
+fn check_path(
+    t: &Tables<'_>,
+    st: &ApplyState,
+    x: &TxnRequest,
+    path: &TxnPath,
+    pass: CheckPass,
+) -> Result<Result<(), RequestError>, StoreError> {
+    let ops = if path.succeeded { &x.success } else { &x.failure };
+    let mut nested = path.nested.iter();
+    for op in ops {
+        let r = match op {
+            RequestOp::Txn(inner) => {
+                let p = nested.next().expect("decide_path made one path per nested txn of the branch");
+                check_path(t, st, inner, p, pass)?
+            }
+            RequestOp::Put(p) if pass == CheckPass::Puts => match check_put_key(t, st, p)? {
+                Ok(()) => check_put_lease(t, p)?,
+                Err(e) => Err(e),
+            },
+            RequestOp::Range(r) if pass == CheckPass::Ranges => {
+                read::resolve_revision(r.revision, st.current, st.compacted).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            return Ok(r);
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn compare(t: &Tables<'_>, st: &ApplyState, c: &Compare) -> Result<bool, StoreError> {
@@ -504,40 +656,78 @@ fn run_txn(t: &mut Tables<'_>, st: &mut ApplyState, x: &TxnRequest, path: &TxnPa
     Ok(TxnResponse { succeeded: path.succeeded, responses })
 }
 
-fn get_cursor(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<(u64, u64)>, StoreError> {
+/// A physical compaction pass: the compact revision it works to, and where it resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CompactPass {
+    target: Revision,
+    resume: (u64, u64),
+}
+
+fn get_pass(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<CompactPass>, StoreError> {
     match meta.get(META_COMPACT_CURSOR)? {
         None => Ok(None),
         Some(v) => {
             let b = v.value();
-            if b.len() != 16 {
-                return Err(StoreError::Corrupt { what: "compact cursor is not 16 bytes".into() });
+            if b.len() != 24 {
+                return Err(StoreError::Corrupt { what: format!("compact cursor is {} bytes, not 24", b.len()) });
             }
-            let main = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-            let sub = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
-            Ok(Some((main, sub)))
+            let le = |r: std::ops::Range<usize>| -> [u8; 8] { b[r].try_into().expect("8 bytes") };
+            Ok(Some(CompactPass {
+                target: i64::from_le_bytes(le(0..8)),
+                resume: (u64::from_le_bytes(le(8..16)), u64::from_le_bytes(le(16..24))),
+            }))
         }
     }
 }
 
-/// One batch of physical compaction, in `wtx`. Walks the revision log from the cursor up to
-/// the compacted revision C; for each row of key k at revision r it removes the rows of k
-/// older than r (superseded at or before C) and, if r < C is a delete, the tombstone
-/// itself. A tombstone at exactly C stays, so a watch from C still sees it; the next
-/// compaction restarts at C and removes it. The cursor is saved in the same transaction, so
-/// a crash resumes where the last committed batch ended.
+fn put_pass(meta: &mut Table<'_, &'static str, &'static [u8]>, pass: CompactPass) -> Result<(), StoreError> {
+    let mut b = [0u8; 24];
+    b[..8].copy_from_slice(&pass.target.to_le_bytes());
+    b[8..16].copy_from_slice(&pass.resume.0.to_le_bytes());
+    b[16..].copy_from_slice(&pass.resume.1.to_le_bytes());
+    meta.insert(META_COMPACT_CURSOR, b.as_slice())?;
+    Ok(())
+}
+
+/// One batch of physical compaction, in `wtx`; true when physical compaction has caught up
+/// with the compacted revision.
+///
+/// A pass to target C walks the revision log from its cursor up to C; for each row of key k
+/// at revision r it removes the rows of k older than r (superseded at or before C) and, if r
+/// is a delete below C, the tombstone itself. A tombstone at exactly C stays, so a watch from
+/// C still sees it (etcd#18089); the next pass starts at C and removes it.
+///
+/// Invariants:
+/// - A pass keeps the target it started with even if the compacted revision moves on while
+///   it runs: the rows behind its cursor were judged against that target (a tombstone at
+///   exactly it was kept), so only a pass that starts at it revisits them. Re-reading the
+///   compacted revision per batch leaked such tombstones for good.
+/// - Cursor, target, progress and removals commit in one transaction, so a crash resumes
+///   where the last committed batch ended; redoing a batch is harmless (removals are
+///   idempotent).
+/// - Reads at any revision >= the compacted revision see the same result before, during and
+///   after a pass: only rows superseded at or below C, and tombstones below C (whose key is
+///   absent at C either way), are removed.
 fn compact_batch(wtx: &WriteTransaction, max_rows: usize) -> Result<bool, StoreError> {
     let mut meta = wtx.open_table(META)?;
-    let target = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+    let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
     let done_to = get_i64(&meta, META_PHYSICAL_COMPACTED)?.unwrap_or(0);
-    if target <= done_to {
-        return Ok(true);
-    }
-    let cursor = get_cursor(&meta)?.unwrap_or((0, 0));
+    let pass = match get_pass(&meta)? {
+        Some(p) if p.target > done_to => p,
+        _ if compacted > done_to => CompactPass { target: compacted, resume: (done_to as u64, 0) },
+        _ => return Ok(true),
+    };
+    assert!(
+        pass.target <= compacted,
+        "compaction pass target {} above the compacted revision {compacted}",
+        pass.target
+    );
+    let target = pass.target;
     let mut index = wtx.open_table(KEY_INDEX)?;
     let mut revs = wtx.open_table(REVS)?;
     let mut rows: Vec<(u64, u64, Vec<u8>, bool)> = Vec::new();
     let mut exhausted = true;
-    for row in revs.range(cursor..=(target as u64, u64::MAX))? {
+    for row in revs.range(pass.resume..=(target as u64, u64::MAX))? {
         if rows.len() >= max_rows {
             exhausted = false;
             break;
@@ -561,16 +751,12 @@ fn compact_batch(wtx: &WriteTransaction, max_rows: usize) -> Result<bool, StoreE
             revs.remove((*main, *sub))?;
         }
     }
-    let next = if exhausted {
+    if exhausted {
         meta.insert(META_PHYSICAL_COMPACTED, target.to_le_bytes().as_slice())?;
-        (target as u64, 0)
+        put_pass(&mut meta, CompactPass { target, resume: (target as u64, 0) })?;
     } else {
         let (m, s, _, _) = rows.last().expect("a batch that stopped early has rows");
-        (*m, s + 1)
-    };
-    let mut cur = [0u8; 16];
-    cur[..8].copy_from_slice(&next.0.to_le_bytes());
-    cur[8..].copy_from_slice(&next.1.to_le_bytes());
-    meta.insert(META_COMPACT_CURSOR, cur.as_slice())?;
-    Ok(exhausted)
+        put_pass(&mut meta, CompactPass { target, resume: (*m, s + 1) })?;
+    }
+    Ok(exhausted && target == compacted)
 }
