@@ -117,12 +117,13 @@ fn init_file(db: &Database) -> Result<(Revision, Revision), StoreError> {
                 meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 // A fresh etcd store is at revision 1: the first change makes revision 2.
                 meta.insert(META_CURRENT_REVISION, 1i64.to_le_bytes().as_slice())?;
-                meta.insert(META_COMPACT_REVISION, 0i64.to_le_bytes().as_slice())?;
+                // etcd starts its compacted revision at -1: Compact(0) on a fresh store succeeds.
+                meta.insert(META_COMPACT_REVISION, (-1i64).to_le_bytes().as_slice())?;
             }
         }
         let current = get_i64(&meta, META_CURRENT_REVISION)?
             .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
-        let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+        let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(-1);
         drop(meta);
         wtx.open_table(KEY_INDEX)?;
         wtx.open_table(REVS)?;
@@ -238,7 +239,7 @@ impl Store {
             let mut meta = wtx.open_table(META)?;
             let current = get_i64(&meta, META_CURRENT_REVISION)?
                 .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
-            let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+            let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(-1);
             assert_eq!(current, self.current_revision(), "published current revision matches the file");
             assert_eq!(compacted, self.compact_revision(), "published compact revision matches the file");
             let mut t = Tables {
@@ -298,7 +299,7 @@ impl Store {
         let rtx = self.db.begin_read()?;
         let (current, compacted) = {
             let meta = rtx.open_table(META)?;
-            (get_i64(&meta, META_CURRENT_REVISION)?.unwrap_or(1), get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0))
+            (get_i64(&meta, META_CURRENT_REVISION)?.unwrap_or(1), get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(-1))
         };
         Ok(ReadView { index: rtx.open_table(KEY_INDEX)?, revs: rtx.open_table(REVS)?, current, compacted })
     }
@@ -576,9 +577,7 @@ fn check_path(
                 Ok(()) => check_put_lease(t, p)?,
                 Err(e) => Err(e),
             },
-            RequestOp::Range(r) if pass == CheckPass::Ranges => {
-                read::resolve_revision(r.revision, st.current, st.compacted).map(|_| ())
-            }
+            RequestOp::Range(r) if pass == CheckPass::Ranges => check_txn_range_revision(r.revision, st),
             _ => Ok(()),
         };
         if r.is_err() {
@@ -702,6 +701,20 @@ fn put_pass(meta: &mut Table<'_, &'static str, &'static [u8]>, pass: CompactPass
 ///   it runs: the rows behind its cursor were judged against that target (a tombstone at
 ///   exactly it was kept), so only a pass that starts at it revisits them. Re-reading the
 ///   compacted revision per batch leaked such tombstones for good.
+/// etcd's revision check of a range inside a txn: unlike a standalone Range, a negative
+/// revision is compared with the compacted revision (and then read at the current one).
+fn check_txn_range_revision(requested: Revision, st: &ApplyState) -> Result<(), RequestError> {
+    if requested == 0 {
+        Ok(())
+    } else if requested > st.current {
+        Err(RequestError::FutureRevision { current_revision: st.current })
+    } else if requested < st.compacted {
+        Err(RequestError::Compacted { compact_revision: st.compacted })
+    } else {
+        Ok(())
+    }
+}
+
 /// - Cursor, target, progress and removals commit in one transaction, so a crash resumes
 ///   where the last committed batch ended; redoing a batch is harmless (removals are
 ///   idempotent).
@@ -710,7 +723,7 @@ fn put_pass(meta: &mut Table<'_, &'static str, &'static [u8]>, pass: CompactPass
 ///   absent at C either way), are removed.
 fn compact_batch(wtx: &WriteTransaction, max_rows: usize) -> Result<bool, StoreError> {
     let mut meta = wtx.open_table(META)?;
-    let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(0);
+    let compacted = get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(-1);
     let done_to = get_i64(&meta, META_PHYSICAL_COMPACTED)?.unwrap_or(0);
     let pass = match get_pass(&meta)? {
         Some(p) if p.target > done_to => p,

@@ -76,7 +76,8 @@ impl Gen<'_> {
             0..=44 => 0,
             45..=54 => current,
             55..=59 => current + self.rng.gen_range(1..3),
-            60..=62 => -1,
+            60..=61 => -1,
+            62 => -2,
             _ => self.rng.gen_range((compacted - 3).max(1)..=current),
         }
     }
@@ -89,16 +90,12 @@ impl Gen<'_> {
         }
     }
 
-    pub fn range(&mut self, in_txn: bool) -> RangeRequest {
+    pub fn range(&mut self) -> RangeRequest {
         let key = self.key();
         let range_end = self.range_end(&key);
-        let revision = if in_txn {
-            // A txn checks a range's revision against the compacted one without first
-            // mapping negatives to current (etcd quirk); keep to revisions >= 0 there.
-            self.read_revision().max(0)
-        } else {
-            self.read_revision()
-        };
+        // In a txn a negative revision is checked against the compacted one (etcd quirk),
+        // then read at the current revision; the model and the store both do so.
+        let revision = self.read_revision();
         RangeRequest {
             key,
             range_end,
@@ -171,11 +168,11 @@ impl Gen<'_> {
             let n = if g.p(5) { 5 } else { g.rng.gen_range(0..=3) };
             (0..n)
                 .map(|_| match g.rng.gen_range(0..100) {
-                    0..=29 => RequestOp::Range(g.range(true)),
+                    0..=29 => RequestOp::Range(g.range()),
                     30..=64 => RequestOp::Put(g.put()),
                     65..=84 => RequestOp::DeleteRange(g.delete()),
                     _ if depth < 2 => RequestOp::Txn(g.txn(depth + 1)),
-                    _ => RequestOp::Range(g.range(true)),
+                    _ => RequestOp::Range(g.range()),
                 })
                 .collect()
         };

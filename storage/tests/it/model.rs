@@ -93,7 +93,7 @@ impl Model {
         Model {
             states: vec![State::new(), State::new()],
             events: vec![Vec::new(), Vec::new()],
-            compacted: 0,
+            compacted: -1,
             leases: BTreeSet::new(),
             max_txn_ops,
         }

@@ -18,7 +18,7 @@ fn run(seed: u64, ops: usize) {
                 h.apply(cmds, durable);
             }
             45..=71 => {
-                let req = h.gen().range(false);
+                let req = h.gen().range();
                 h.range(&req);
             }
             72..=75 => {

@@ -545,6 +545,8 @@ async fn compaction_edge_revisions() {
         .dump()
         .note("compact 1 on a fresh store (its current revision)", compact(1))
         .dump()
+        .note("txn range at revision -1 after compacting to 1", txn().then_op(range("a").rev(-1)))
+        .note("standalone range at revision -1 reads the current revision", range("a").rev(-1))
         .ok(put("a", "1"))
         .ok(put("a", "2"))
         .ok(compact(2))
