@@ -688,19 +688,6 @@ fn put_pass(meta: &mut Table<'_, &'static str, &'static [u8]>, pass: CompactPass
     Ok(())
 }
 
-/// One batch of physical compaction, in `wtx`; true when physical compaction has caught up
-/// with the compacted revision.
-///
-/// A pass to target C walks the revision log from its cursor up to C; for each row of key k
-/// at revision r it removes the rows of k older than r (superseded at or before C) and, if r
-/// is a delete below C, the tombstone itself. A tombstone at exactly C stays, so a watch from
-/// C still sees it (etcd#18089); the next pass starts at C and removes it.
-///
-/// Invariants:
-/// - A pass keeps the target it started with even if the compacted revision moves on while
-///   it runs: the rows behind its cursor were judged against that target (a tombstone at
-///   exactly it was kept), so only a pass that starts at it revisits them. Re-reading the
-///   compacted revision per batch leaked such tombstones for good.
 /// etcd's revision check of a range inside a txn: unlike a standalone Range, a negative
 /// revision is compared with the compacted revision (and then read at the current one).
 fn check_txn_range_revision(requested: Revision, st: &ApplyState) -> Result<(), RequestError> {
@@ -715,6 +702,19 @@ fn check_txn_range_revision(requested: Revision, st: &ApplyState) -> Result<(), 
     }
 }
 
+/// One batch of physical compaction, in `wtx`; true when physical compaction has caught up
+/// with the compacted revision.
+///
+/// A pass to target C walks the revision log from its cursor up to C; for each row of key k
+/// at revision r it removes the rows of k older than r (superseded at or before C) and, if r
+/// is a delete below C, the tombstone itself. A tombstone at exactly C stays, so a watch from
+/// C still sees it (etcd#18089); the next pass starts at C and removes it.
+///
+/// Invariants:
+/// - A pass keeps the target it started with even if the compacted revision moves on while
+///   it runs: the rows behind its cursor were judged against that target (a tombstone at
+///   exactly it was kept), so only a pass that starts at it revisits them. Re-reading the
+///   compacted revision per batch leaked such tombstones for good.
 /// - Cursor, target, progress and removals commit in one transaction, so a crash resumes
 ///   where the last committed batch ended; redoing a batch is harmless (removals are
 ///   idempotent).
