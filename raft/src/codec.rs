@@ -119,7 +119,10 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
         EntryPayload::Blank => w.u8(0),
         EntryPayload::Normal(req) => {
             w.u8(1);
-            w.bytes(&req.0.encode());
+            w.u32(req.0.len() as u32);
+            for c in &req.0 {
+                w.bytes(&c.encode());
+            }
         }
         EntryPayload::Membership(m) => {
             w.u8(2);
@@ -134,7 +137,17 @@ pub fn decode_entry(buf: &[u8]) -> Result<Entry, DecodeError> {
     let log_id = get_log_id(&mut r)?;
     let payload = match r.u8()? {
         0 => EntryPayload::Blank,
-        1 => EntryPayload::Normal(Request(Command::decode(r.bytes()?)?)),
+        1 => {
+            let n = r.u32()? as usize;
+            if n > r.remaining() {
+                return Err(DecodeError("command count exceeds the entry".into()));
+            }
+            let mut cmds = Vec::with_capacity(n);
+            for _ in 0..n {
+                cmds.push(Command::decode(r.bytes()?)?);
+            }
+            EntryPayload::Normal(Request(cmds))
+        }
         2 => EntryPayload::Membership(get_membership(&mut r)?),
         x => return Err(DecodeError(format!("entry payload tag {x}"))),
     };

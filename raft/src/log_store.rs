@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -51,6 +52,8 @@ struct State {
 
 struct Inner {
     db: Arc<Database>,
+    /// Group commits (one fsync each) made so far; etcd's WAL fsync count.
+    fsyncs: Arc<AtomicU64>,
     /// Appended, not yet committed entries by index. Readers merge them over the file.
     pending: Mutex<BTreeMap<u64, Entry>>,
     state: Mutex<State>,
@@ -99,14 +102,25 @@ impl LogStore {
             State { last_purged, last }
         };
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_OPS);
-        let inner =
-            Arc::new(Inner { db: db.clone(), pending: Mutex::new(BTreeMap::new()), state: Mutex::new(state), tx });
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let inner = Arc::new(Inner {
+            db: db.clone(),
+            fsyncs: fsyncs.clone(),
+            pending: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(state),
+            tx,
+        });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(db, rx, weak))
+            .spawn(move || writer_loop(db, rx, weak, fsyncs))
             .map_err(|e| err(ErrorVerb::Write, e))?;
         Ok(LogStore { inner })
+    }
+
+    /// How many group commits (fsyncs) the log has made since it was opened.
+    pub fn fsyncs(&self) -> u64 {
+        self.inner.fsyncs.load(Ordering::Relaxed)
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
@@ -151,7 +165,7 @@ fn create_file(path: &Path) -> Result<(), redb::Error> {
 }
 
 /// The writer thread: group commits until the store is dropped.
-fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, inner: std::sync::Weak<Inner>) {
+fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, inner: std::sync::Weak<Inner>, fsyncs: Arc<AtomicU64>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < GROUP_MAX_OPS {
@@ -161,6 +175,7 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, inner: std::sync:
             }
         }
         let result = write_group(&db, &ops).map_err(|e| e.to_string());
+        fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log write failed");
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cairn_storage::{Applied, Command, Store, StoreOptions};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::log_store::LogStore;
 use crate::network::Network;
@@ -52,8 +53,24 @@ pub struct RaftStatus {
     pub is_leader: bool,
 }
 
+/// Most commands waiting to be batched; `write` waits beyond it.
+const PROPOSAL_QUEUE: usize = 16_384;
+/// Most commands in one raft entry.
+const MAX_BATCH_COMMANDS: usize = 1024;
+/// Most (approximate) bytes in one raft entry.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches handed to openraft at once; the next batch forms while these are in flight.
+const MAX_INFLIGHT_BATCHES: usize = 2;
+
+struct Proposal {
+    cmd: Command,
+    done: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
 pub struct RaftNode {
     raft: Raft<TypeConfig>,
+    proposals: mpsc::Sender<Proposal>,
+    log: LogStore,
     store: Arc<Store>,
     sm: StateMachine,
     member_id: u64,
@@ -80,9 +97,12 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| e.to_string())?;
-        let raft =
-            Raft::new(cfg.member_id, Arc::new(config), Network, log, sm.clone()).await.map_err(|e| e.to_string())?;
-        let node = RaftNode { raft, store, sm, member_id: cfg.member_id, state_path };
+        let raft = Raft::new(cfg.member_id, Arc::new(config), Network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (proposals, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(batcher(raft.clone(), rx));
+        let node = RaftNode { raft, proposals, log, store, sm, member_id: cfg.member_id, state_path };
         if !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
             let mut members = BTreeMap::new();
             members.insert(cfg.member_id, BasicNode { addr: cfg.peer_url.clone() });
@@ -120,6 +140,11 @@ impl RaftNode {
         self.sm.set_listener(l);
     }
 
+    /// Group commits (fsyncs) of the raft log since start.
+    pub fn log_fsyncs(&self) -> u64 {
+        self.log.fsyncs()
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -134,17 +159,12 @@ impl RaftNode {
     }
 
     /// Replicates and applies `cmd`; returns its outcome once applied on this member.
+    /// Concurrent writes are batched into one raft entry (one fsync).
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
-        match self.raft.client_write(Request(cmd)).await {
-            Ok(resp) => resp.data.0.ok_or_else(|| WriteError::Other("entry applied without a response".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
-                None => Err(WriteError::NoLeader),
-                Some(l) => Err(WriteError::NotLeader { leader: Some(l) }),
-            },
-            Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
-        }
+        let (done, rx) = oneshot::channel();
+        self.proposals.send(Proposal { cmd, done }).await.map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     /// ReadIndex: confirms leadership with a quorum and waits until this member has applied
@@ -185,5 +205,65 @@ impl RaftNode {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush of the store failed");
         }
+    }
+}
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            None => WriteError::NoLeader,
+            Some(l) => WriteError::NotLeader { leader: Some(l) },
+        },
+        RaftError::APIError(e) => WriteError::Other(e.to_string()),
+        RaftError::Fatal(_) => WriteError::Stopped,
+    }
+}
+
+/// Takes every queued proposal (up to the batch bounds) into one raft entry, submits it,
+/// and answers each proposal with its own outcome.
+async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>) {
+    let inflight = std::sync::Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let mut bytes = first.cmd.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.cmd.approx_size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.done)).unzip();
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match raft.client_write(Request(cmds)).await {
+                Ok(resp) => {
+                    let outcomes = resp.data.0;
+                    if outcomes.len() != waiters.len() {
+                        tracing::error!(
+                            got = outcomes.len(),
+                            want = waiters.len(),
+                            "batch applied with a wrong outcome count"
+                        );
+                    }
+                    let mut outcomes = outcomes.into_iter();
+                    for w in waiters {
+                        let r =
+                            outcomes.next().ok_or_else(|| WriteError::Other("no outcome for a batched command".into()));
+                        let _ = w.send(r);
+                    }
+                }
+                Err(e) => {
+                    let e = client_write_error(e);
+                    for w in waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }

@@ -115,13 +115,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let mut last = None;
         let mut items: Vec<(u64, Option<Command>)> = Vec::new();
+        // Commands per entry, to regroup the outcomes into one response per entry.
+        let mut per_entry: Vec<usize> = Vec::new();
         for e in entries {
             last = Some(e.log_id);
             match e.payload {
-                EntryPayload::Blank => items.push((e.log_id.index, None)),
-                EntryPayload::Normal(req) => items.push((e.log_id.index, Some(req.0))),
+                EntryPayload::Normal(req) if !req.0.is_empty() => {
+                    per_entry.push(req.0.len());
+                    items.extend(req.0.into_iter().map(|c| (e.log_id.index, Some(c))));
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(e.log_id), m);
+                    per_entry.push(0);
+                    items.push((e.log_id.index, None));
+                }
+                EntryPayload::Blank | EntryPayload::Normal(_) => {
+                    per_entry.push(0);
                     items.push((e.log_id.index, None));
                 }
             }
@@ -148,7 +157,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(l) = listener {
             l(&outcome);
         }
-        Ok(outcome.applied.into_iter().map(Response).collect())
+        let mut outcomes = outcome.applied.into_iter().flatten();
+        Ok(per_entry.into_iter().map(|n| Response(outcomes.by_ref().take(n).collect())).collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -5,24 +5,22 @@ use std::fmt;
 
 use cairn_storage::{Applied, Command};
 
-/// The application data of a log entry: one replicated command.
+/// The application data of a log entry: a batch of replicated commands, applied in order,
+/// each with its own revision. Batching concurrent proposals into one entry is our group
+/// commit: openraft 0.9 appends and flushes one client write at a time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request(pub Command);
+pub struct Request(pub Vec<Command>);
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Command::Put(_) => write!(f, "put"),
-            Command::DeleteRange(_) => write!(f, "delete_range"),
-            Command::Txn(_) => write!(f, "txn"),
-            Command::Compact(c) => write!(f, "compact({})", c.revision),
-        }
+        write!(f, "batch of {} command(s)", self.0.len())
     }
 }
 
-/// What applying one entry produced: `None` for blank and membership entries.
+/// What applying one entry produced, one outcome per command (none for blank and
+/// membership entries).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Response(pub Option<Applied>);
+pub struct Response(pub Vec<Applied>);
 
 openraft::declare_raft_types!(
     /// Cairn's raft types: u64 member IDs (etcd's), the peer URL as the node address.

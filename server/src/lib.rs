@@ -149,7 +149,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
             );
         let mut stop = stop_tx.subscribe();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        // Small requests and responses must not wait for Nagle's algorithm (a 40 ms stall
+        // against delayed ACKs): every accepted connection gets TCP_NODELAY.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
+            s.and_then(|s| {
+                s.set_nodelay(true)?;
+                Ok(s)
+            })
+        });
         servers.push(tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {

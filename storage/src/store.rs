@@ -48,6 +48,8 @@ pub struct Store {
 
 /// One raft entry handed to [`Store::apply_batch`]: blank and membership entries carry no
 /// command but still advance the applied index.
+/// Several commands of one raft entry (a proposal batch) are passed as consecutive
+/// `ApplyEntry`s with the same index, in order.
 pub struct ApplyEntry<'a> {
     pub index: u64,
     pub command: Option<&'a Command>,
@@ -252,7 +254,8 @@ impl Store {
             let mut last_index = None;
             for e in entries {
                 if let Some(prev) = last_index {
-                    assert!(e.index > prev, "applied index must increase within a batch: {prev} then {}", e.index);
+                    // Commands batched into one raft entry share its index.
+                    assert!(e.index >= prev, "applied index must not decrease within a batch: {prev} then {}", e.index);
                 }
                 last_index = Some(e.index);
                 let Some(cmd) = e.command else {

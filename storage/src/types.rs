@@ -166,6 +166,41 @@ pub enum Command {
     Compact(CompactionRequest),
 }
 
+impl Command {
+    /// Roughly how many bytes the command takes encoded: bounds proposal batches.
+    pub fn approx_size(&self) -> usize {
+        fn op(o: &RequestOp) -> usize {
+            match o {
+                RequestOp::Range(r) => 96 + r.key.len() + r.range_end.len(),
+                RequestOp::Put(p) => 32 + p.key.len() + p.value.len(),
+                RequestOp::DeleteRange(d) => 16 + d.key.len() + d.range_end.len(),
+                RequestOp::Txn(t) => txn(t),
+            }
+        }
+        fn txn(t: &TxnRequest) -> usize {
+            let compares: usize = t
+                .compare
+                .iter()
+                .map(|c| {
+                    24 + c.key.len()
+                        + c.range_end.len()
+                        + match &c.target {
+                            CompareTarget::Value(v) => v.len(),
+                            _ => 0,
+                        }
+                })
+                .sum();
+            16 + compares + t.success.iter().chain(t.failure.iter()).map(op).sum::<usize>()
+        }
+        match self {
+            Command::Put(p) => 32 + p.key.len() + p.value.len(),
+            Command::DeleteRange(d) => 16 + d.key.len() + d.range_end.len(),
+            Command::Txn(t) => txn(t),
+            Command::Compact(_) => 16,
+        }
+    }
+}
+
 /// The answer to one applied command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandResponse {

@@ -1,4 +1,5 @@
 //! Integration tests of the raft glue: openraft's own storage conformance suite run
 //! against our log store and state machine, each on fresh files.
 
+mod node;
 mod suite;

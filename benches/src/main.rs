@@ -1,0 +1,270 @@
+//! `cairn-bench`: a load generator of our own (the `etcd-client` crate over tokio) that starts
+//! real etcd 3.5 and Cairn side by side, runs the same workloads against each, one server at a
+//! time, and prints throughput, latency percentiles, the Cairn/etcd ratios and the servers'
+//! peak RSS. See benches/README.md.
+//!
+//! Modules:
+//! - [`options`]: the command line.
+//! - [`server`]: locating the binaries and running one single-node server as a child process.
+//! - [`workload`]: the workloads, their preloaded data and the concurrent runner.
+//! - [`cpu`]: CPU used by the server and by the rest of the machine during a run.
+//! - [`stats`]: raw outcome of a run and its summary (ops/s, p50, p99, max).
+//! - [`report`]: the tables.
+//!
+//! Exit status: 0 when every op succeeded, 1 when an op failed or a server could not be run,
+//! 2 on a usage error.
+
+mod cpu;
+mod options;
+mod report;
+mod server;
+mod stats;
+mod workload;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, ConnectOptions, KvClient};
+
+use options::{Invocation, Options, ServerKind};
+use report::{Resources, Row};
+use server::ServerProcess;
+use workload::{Fixture, Quota};
+
+/// Deadline of one gRPC call made outside the timed loops (preload, Status).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match options::parse(&args) {
+        Ok(Invocation::Run(o)) => *o,
+        Ok(Invocation::Help) => {
+            print!("{}", options::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cairn-bench: {e}\nTry 'cairn-bench --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn-bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&opts)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("cairn-bench: some ops failed (see the errors column and the messages above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cairn-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One server the workloads run against.
+struct Target {
+    label: String,
+    url: String,
+    /// Set when this run started the server.
+    process: Option<ServerProcess>,
+    /// `Options::connections` connections; the `Client`s are kept so that their channels live.
+    clients: Vec<Client>,
+    kvs: Vec<KvClient>,
+    fixture: Option<Arc<Fixture>>,
+}
+
+/// Runs every workload; `Ok(true)` when every op succeeded.
+async fn run(opts: &Options) -> Result<bool, String> {
+    // Declared before the targets so that it is removed after the servers are stopped.
+    let data_dir;
+    let mut targets = Vec::new();
+    if opts.endpoints.is_empty() {
+        let kinds: Vec<ServerKind> =
+            [ServerKind::Etcd, ServerKind::Cairn].into_iter().filter(|k| opts.only.is_none_or(|o| o == *k)).collect();
+        let mut binaries = Vec::new();
+        for k in &kinds {
+            let bin = match k {
+                ServerKind::Etcd => server::etcd_binary()?,
+                ServerKind::Cairn => server::cairn_binary()?,
+            };
+            eprintln!("cairn-bench: {:<5} = {} ({})", k.name(), bin.display(), version_of(&bin));
+            binaries.push(bin);
+        }
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("cairn-bench-");
+        data_dir = match &opts.data_dir {
+            Some(parent) => {
+                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                builder.tempdir_in(parent)
+            }
+            None => builder.tempdir(),
+        }
+        .map_err(|e| format!("cannot create the data directory: {e}"))?;
+        eprintln!("cairn-bench: data and logs under {}", data_dir.path().display());
+        for (k, bin) in kinds.iter().zip(&binaries) {
+            let mut p = ServerProcess::start(*k, bin, data_dir.path())?;
+            p.wait_ready().await?;
+            eprintln!("cairn-bench: {} serves on {} (pid {})", k.name(), p.client_url, p.pid().unwrap_or(0));
+            targets.push(Target {
+                label: k.name().to_string(),
+                url: p.client_url.clone(),
+                process: Some(p),
+                clients: Vec::new(),
+                kvs: Vec::new(),
+                fixture: None,
+            });
+        }
+    } else {
+        for e in &opts.endpoints {
+            targets.push(Target {
+                label: e.label.clone(),
+                url: e.url.clone(),
+                process: None,
+                clients: Vec::new(),
+                kvs: Vec::new(),
+                fixture: None,
+            });
+        }
+    }
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let prefix = format!("cairn-bench/{}-{now}/", std::process::id());
+    for t in &mut targets {
+        for _ in 0..opts.connections {
+            let c = connect(&t.url).await.map_err(|e| format!("{}: {e}", t.label))?;
+            t.kvs.push(c.kv_client());
+            t.clients.push(c);
+        }
+        let fixture = tokio::time::timeout(SETUP_TIMEOUT, Fixture::load(&t.kvs[0], &prefix, opts.value_size))
+            .await
+            .map_err(|_| format!("{}: preloading the keys took more than {SETUP_TIMEOUT:?}", t.label))?
+            .map_err(|e| format!("{}: {e}", t.label))?;
+        t.fixture = Some(Arc::new(fixture));
+    }
+
+    let mut client_counts = vec![1];
+    if opts.clients > 1 {
+        client_counts.push(opts.clients);
+    }
+    eprintln!(
+        "cairn-bench: workloads {}; clients {:?} over {} connection(s); {}-byte values; {}",
+        opts.workloads.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
+        client_counts,
+        opts.connections,
+        opts.value_size,
+        match (opts.ops, opts.duration) {
+            (Some(n), Some(d)) => format!("{n} ops or {d:?} per run, whichever comes first"),
+            (Some(n), None) => format!("{n} ops per run"),
+            (None, Some(d)) => format!("{d:?} per run"),
+            (None, None) if opts.quick => format!("quick op counts, each run capped at {:?}", workload::QUICK_RUN_CAP),
+            (None, None) => format!("default op counts, each run capped at {:?}", workload::DEFAULT_RUN_CAP),
+        }
+    );
+
+    let mut rows = Vec::new();
+    let mut run_id = 0;
+    for &kind in &opts.workloads {
+        for &clients in &client_counts {
+            run_id += 1;
+            let quota = match (opts.ops, opts.duration) {
+                (None, None) => Quota {
+                    ops: Some(kind.default_ops(clients, opts.quick)),
+                    duration: Some(if opts.quick { workload::QUICK_RUN_CAP } else { workload::DEFAULT_RUN_CAP }),
+                },
+                (ops, duration) => Quota { ops, duration },
+            };
+            for t in &mut targets {
+                let conns = if clients == 1 { &t.kvs[..1] } else { &t.kvs[..] };
+                let fixture = t.fixture.as_ref().expect("every target is preloaded before the runs");
+                let pid = t.process.as_ref().and_then(ServerProcess::pid);
+                let outcome = workload::run(kind, clients, quota, conns, fixture, run_id, pid).await;
+                let summary = outcome.summary();
+                eprintln!(
+                    "cairn-bench: {:<18} clients={:<4} {:<6} {:>8} ok {:>4} errors in {:>7.2}s",
+                    kind.name(),
+                    clients,
+                    t.label,
+                    summary.ok,
+                    summary.errors,
+                    summary.elapsed.as_secs_f64()
+                );
+                for m in &summary.error_samples {
+                    eprintln!("cairn-bench:   error: {m}");
+                }
+                if let Some(p) = t.process.as_mut() {
+                    if let Some(status) = p.exited() {
+                        return Err(format!(
+                            "{} exited during {} ({status}); log {}:\n{}",
+                            t.label,
+                            kind.name(),
+                            p.log_path().display(),
+                            p.log_tail()
+                        ));
+                    }
+                }
+                rows.push(Row { kind, clients, server: t.label.clone(), summary });
+            }
+        }
+    }
+
+    let mut resources = Vec::new();
+    for t in &mut targets {
+        let db_size = match tokio::time::timeout(SETUP_TIMEOUT, t.clients[0].status()).await {
+            Ok(Ok(s)) => Some(s.db_size()),
+            _ => None,
+        };
+        resources.push(Resources {
+            server: t.label.clone(),
+            peak_rss_kib: t.process.as_ref().and_then(ServerProcess::peak_rss_kib),
+            db_size_bytes: db_size,
+        });
+    }
+
+    println!();
+    println!("== Results (latencies in milliseconds; ops = successful ops)");
+    print!("{}", report::results_table(&rows));
+    if let Some(cmp) = report::comparison_table(&rows) {
+        println!();
+        println!("== Cairn vs etcd (> 1 means Cairn better: throughput cairn/etcd, p99 latency etcd/cairn)");
+        print!("{cmp}");
+    }
+    println!();
+    println!("== Servers at the end of the run");
+    print!("{}", report::resources_table(&resources));
+
+    let failed: Vec<&Row> = rows.iter().filter(|r| r.summary.errors > 0).collect();
+    if !failed.is_empty() {
+        println!();
+        println!("== Errors");
+        for r in &failed {
+            println!("{} clients={} {}: {} errors", r.kind.name(), r.clients, r.server, r.summary.errors);
+            for m in &r.summary.error_samples {
+                println!("  {m}");
+            }
+        }
+    }
+    // The targets (and their server processes) are dropped here, before `data_dir`.
+    drop(targets);
+    Ok(failed.is_empty())
+}
+
+async fn connect(url: &str) -> Result<Client, String> {
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+    Client::connect([url], Some(opts)).await.map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// The first line of `<bin> --version`, for the header.
+fn version_of(bin: &Path) -> String {
+    match std::process::Command::new(bin).arg("--version").output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("no version").trim().to_string(),
+        Err(e) => format!("--version failed: {e}"),
+    }
+}

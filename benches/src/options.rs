@@ -1,0 +1,267 @@
+//! Command-line options of `cairn-bench`, parsed by hand (the flag set is small and stable).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::workload::Kind;
+
+/// Which server(s) a run starts, or which of the given endpoints it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Etcd,
+    Cairn,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Etcd => "etcd",
+            ServerKind::Cairn => "cairn",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "etcd" => Some(ServerKind::Etcd),
+            "cairn" => Some(ServerKind::Cairn),
+            _ => None,
+        }
+    }
+}
+
+/// A server that is already running: `label` names it in the tables (`etcd` and `cairn` are
+/// the labels the ratio table looks for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub label: String,
+    pub url: String,
+}
+
+/// Everything a run is told on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Tiny op counts, for the CI smoke test.
+    pub quick: bool,
+    /// Only this server (started, or picked by label from `endpoints`).
+    pub only: Option<ServerKind>,
+    /// Run against these instead of starting servers.
+    pub endpoints: Vec<Endpoint>,
+    /// Ops per workload run (total over all its clients). With neither this nor `duration`,
+    /// each workload's default count, capped in time.
+    pub ops: Option<u64>,
+    /// Run each workload for this long (or until `ops`, when both are given).
+    pub duration: Option<Duration>,
+    /// Client count of the concurrent variant of each workload.
+    pub clients: usize,
+    /// gRPC connections the concurrent clients share (each client sticks to one).
+    pub connections: usize,
+    /// Bytes of every value written.
+    pub value_size: usize,
+    /// Workloads to run, in this order.
+    pub workloads: Vec<Kind>,
+    /// Parent of the temporary data directories of started servers (default: the system temp dir).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quick: false,
+            only: None,
+            endpoints: Vec::new(),
+            ops: None,
+            duration: None,
+            clients: 100,
+            connections: 4,
+            value_size: 256,
+            workloads: Kind::ALL.to_vec(),
+            data_dir: None,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    Run(Box<Options>),
+    Help,
+}
+
+pub const USAGE: &str = "\
+Usage: cairn-bench [flags]
+
+Starts real etcd 3.5 and Cairn side by side (single-node, free ports, temporary data dirs),
+runs the same workloads against each and prints ops/s, latency p50/p99/max, the Cairn/etcd
+ratios and the peak RSS of both servers.
+
+Flags:
+  --quick                 tiny op counts (CI smoke test)
+  --only cairn|etcd       run against one server only (no ratios)
+  --endpoints LIST        use running servers instead of starting them; LIST is
+                          LABEL=URL[,LABEL=URL...] (labels etcd and cairn get ratios)
+                          or a single URL
+  --ops N                 ops per workload run, total over its clients (default: a count per
+                          workload, each run capped at 4 s)
+  --duration SECS         run each workload for SECS seconds (with --ops: whichever comes first)
+  --clients N             clients of the concurrent variant of each workload (default 100)
+  --connections N         gRPC connections shared by the concurrent clients (default 4)
+  --value-size BYTES      size of every value written (default 256)
+  --workloads LIST        comma-separated subset of: put,range-linearizable,range-serializable,
+                          txn,list (default: all)
+  --data-dir DIR          parent of the temporary server data dirs (default: $TMPDIR or /tmp)
+  -h, --help              this text
+
+Environment:
+  CAIRN_ETCD_BIN_DIR      directory holding etcd (default <repo>/.deps/etcd/bin,
+                          installed by scripts/install-test-deps.sh)
+  CAIRN_BIN               the cairn binary (default <repo>/target/release/cairn)
+";
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Invocation, String> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().cloned().ok_or_else(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Invocation::Help),
+            "--quick" => o.quick = true,
+            "--only" => {
+                let v = value()?;
+                o.only = Some(ServerKind::parse(&v).ok_or_else(|| format!("--only takes cairn or etcd, not {v:?}"))?);
+            }
+            "--endpoints" => o.endpoints = parse_endpoints(&value()?)?,
+            "--ops" => o.ops = Some(positive(flag, &value()?)?),
+            "--duration" => {
+                let v = value()?;
+                let secs: f64 = v.parse().map_err(|_| format!("--duration takes seconds, not {v:?}"))?;
+                if !(secs > 0.0 && secs <= 3600.0) {
+                    return Err(format!("--duration must be in (0, 3600] seconds, not {v}"));
+                }
+                o.duration = Some(Duration::from_secs_f64(secs));
+            }
+            "--clients" => o.clients = usize::try_from(positive(flag, &value()?)?).map_err(|e| e.to_string())?,
+            "--connections" => {
+                o.connections = usize::try_from(positive(flag, &value()?)?).map_err(|e| e.to_string())?
+            }
+            "--value-size" => o.value_size = usize::try_from(positive(flag, &value()?)?).map_err(|e| e.to_string())?,
+            "--workloads" => {
+                o.workloads = value()?
+                    .split(',')
+                    .map(|w| Kind::parse(w.trim()).ok_or_else(|| format!("unknown workload {w:?}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--data-dir" => o.data_dir = Some(PathBuf::from(value()?)),
+            _ => return Err(format!("unknown flag: {arg}")),
+        }
+    }
+    if o.clients > 10_000 {
+        return Err("--clients is limited to 10000".into());
+    }
+    if o.connections > o.clients.max(1) {
+        o.connections = o.clients.max(1);
+    }
+    if let Some(only) = o.only {
+        if !o.endpoints.is_empty() {
+            o.endpoints.retain(|e| e.label == only.name());
+            if o.endpoints.is_empty() {
+                return Err(format!("--only {} but no endpoint is labelled {0}", only.name()));
+            }
+        }
+    }
+    Ok(Invocation::Run(Box::new(o)))
+}
+
+fn positive(flag: &str, v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag} takes a positive integer, not {v:?}")),
+    }
+}
+
+fn parse_endpoints(v: &str) -> Result<Vec<Endpoint>, String> {
+    let parts: Vec<&str> = v.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("--endpoints is empty".into());
+    }
+    let mut out = Vec::new();
+    for p in &parts {
+        let (label, url) = match p.split_once('=') {
+            Some((l, u)) => (l.to_string(), u.to_string()),
+            None if parts.len() == 1 => ("target".to_string(), p.to_string()),
+            None => return Err(format!("with several endpoints each needs a label (LABEL=URL): {p:?}")),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("endpoint URL must start with http:// or https://: {url:?}"));
+        }
+        if out.iter().any(|e: &Endpoint| e.label == label) {
+            return Err(format!("endpoint label {label:?} given twice"));
+        }
+        out.push(Endpoint { label, url });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args)? {
+            Invocation::Run(o) => Ok(*o),
+            Invocation::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(run(&[]).unwrap(), Options::default());
+    }
+
+    #[test]
+    fn flags_in_both_forms() {
+        let o = run(&["--quick", "--only=cairn", "--ops", "5", "--clients=10", "--workloads", "put,txn"]).unwrap();
+        assert!(o.quick);
+        assert_eq!(o.only, Some(ServerKind::Cairn));
+        assert_eq!(o.ops, Some(5));
+        assert_eq!(o.clients, 10);
+        assert_eq!(o.workloads, vec![Kind::Put, Kind::Txn]);
+    }
+
+    #[test]
+    fn endpoints() {
+        let o = run(&["--endpoints", "etcd=http://a:1,cairn=http://b:2"]).unwrap();
+        assert_eq!(o.endpoints.len(), 2);
+        assert_eq!(o.endpoints[1], Endpoint { label: "cairn".into(), url: "http://b:2".into() });
+        let o = run(&["--endpoints", "http://a:1"]).unwrap();
+        assert_eq!(o.endpoints[0].label, "target");
+        assert!(run(&["--endpoints", "http://a:1,http://b:2"]).is_err());
+        let o = run(&["--endpoints", "etcd=http://a:1,cairn=http://b:2", "--only", "etcd"]).unwrap();
+        assert_eq!(o.endpoints, vec![Endpoint { label: "etcd".into(), url: "http://a:1".into() }]);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(run(&["--bogus"]).is_err());
+        assert!(run(&["--ops"]).is_err());
+        assert!(run(&["--ops", "0"]).is_err());
+        assert!(run(&["--only", "zk"]).is_err());
+        assert!(run(&["--workloads", "put,nope"]).is_err());
+        assert!(run(&["--duration", "-1"]).is_err());
+    }
+
+    #[test]
+    fn connections_never_exceed_clients() {
+        assert_eq!(run(&["--clients", "2"]).unwrap().connections, 2);
+    }
+}
