@@ -31,6 +31,8 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    /// Period of progress notifications to watchers that asked for them.
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
+            watch_progress_notify_interval: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -72,6 +75,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("heartbeat-interval", "Time (in milliseconds) of a heartbeat interval."),
     ("election-timeout", "Time (in milliseconds) for an election to timeout."),
     ("snapshot-count", "Number of committed transactions to trigger a snapshot to disk."),
+    ("experimental-watch-progress-notify-interval", "Duration of periodic watch progress notifications."),
 ];
 
 /// A configuration error, printed to the user as is.
@@ -90,6 +94,34 @@ fn list(v: &str) -> Vec<String> {
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ConfigError> {
     v.trim().parse().map_err(|_| ConfigError(format!("invalid value {v:?} for flag --{flag}: parse error")))
+}
+
+/// A Go duration such as `10m`, `5s`, `1m30s`, `250ms`.
+fn duration(flag: &str, v: &str) -> Result<std::time::Duration, ConfigError> {
+    let bad = || ConfigError(format!("invalid value {v:?} for flag --{flag}: parse error"));
+    let mut total = 0f64;
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// Parses arguments (without the program name) and the environment.
@@ -167,6 +199,12 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
             "heartbeat-interval" => c.heartbeat_interval_ms = number(&flag, &v)?,
             "election-timeout" => c.election_timeout_ms = number(&flag, &v)?,
             "snapshot-count" => c.snapshot_count = number(&flag, &v)?,
+            "experimental-watch-progress-notify-interval" => {
+                c.watch_progress_notify_interval = duration(&flag, &v)?;
+                if c.watch_progress_notify_interval.is_zero() {
+                    return Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: must be positive")));
+                }
+            }
             _ => unreachable!("flag list and match agree"),
         }
     }
@@ -224,6 +262,9 @@ mod tests {
         assert_eq!(run(&["--bogus"], &[]).unwrap_err(), ConfigError("unknown flag: --bogus".into()));
         assert!(run(&["--max-txn-ops", "x"], &[]).is_err());
         assert!(run(&["--name"], &[]).is_err());
+        let c = run(&["--experimental-watch-progress-notify-interval", "1m30s"], &[]).expect("duration");
+        assert_eq!(c.watch_progress_notify_interval, std::time::Duration::from_secs(90));
+        assert!(run(&["--experimental-watch-progress-notify-interval", "5"], &[]).is_err());
         assert_eq!(socket_addr("http://127.0.0.1:2379").expect("url"), "127.0.0.1:2379");
         assert!(socket_addr("https://127.0.0.1:2379").is_err());
     }

@@ -34,6 +34,10 @@ pub struct Context {
     pub proposals: Semaphore,
     /// Wakes the background compactor after the compacted revision moves.
     pub compactor: Arc<Notify>,
+    /// Every watcher of this member.
+    pub hub: Arc<cairn_storage::watch::WatchHub>,
+    /// etcd's `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Context {

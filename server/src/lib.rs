@@ -4,9 +4,10 @@
 //! - [`config`]: etcd's flags and `ETCD_*` variables.
 //! - [`context`]: what all handlers share; proposals, linearizable reads, the compactor.
 //! - [`kv`], [`maintenance`], [`cluster`]: the gRPC services (thin adapters).
+//! - [`watch`]: the Watch streams over the member's watch hub.
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
 //!
-//! Services not registered yet (Watch, Lease, Auth, Lock, Election) answer Unimplemented.
+//! Services not registered yet answer Unimplemented.
 
 pub mod cluster;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod convert;
 pub mod kv;
 pub mod maintenance;
 pub mod status;
+pub mod watch;
 
 use std::future::Future;
 use std::path::Path;
@@ -25,6 +27,8 @@ use std::time::Duration;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::etcdserverpb::watch_server::WatchServer;
+use cairn_storage::watch::WatchHub;
 use cairn_raft::{NodeConfig, RaftNode};
 use tokio::sync::{Notify, Semaphore};
 
@@ -38,6 +42,10 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How far past etcd's gRPC limit tonic still decodes a message, so that the handler can
 /// answer with grpc-go's exact "received message larger than max" error.
 pub const TONIC_SLACK_BYTES: usize = 16 << 20;
+
+/// Events a caught-up watcher may have queued before it is dropped to catching up from the
+/// revision log (bounds the hub's memory per watcher).
+pub const WATCH_MAX_PENDING_EVENTS: usize = 4096;
 
 /// FNV-1a, 64 bit: derives stable member and cluster IDs from the bootstrap flags.
 fn fnv64(parts: &[&str]) -> u64 {
@@ -105,12 +113,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     );
     node.wait_for_leader(Duration::from_secs(30)).await.map_err(|e| format!("no leader elected: {e:?}"))?;
     let compactor = Arc::new(Notify::new());
+    let hub = Arc::new(WatchHub::new(node.store().current_revision(), WATCH_MAX_PENDING_EVENTS));
     {
-        // Wake the compactor whenever an applied batch moved the compacted revision.
+        // After every applied batch: publish its events to the watchers, and wake the
+        // compactor if the compacted revision moved.
         let store = node.store().clone();
         let wake = compactor.clone();
+        let hub = hub.clone();
         let seen = AtomicI64::new(store.compact_revision());
-        node.set_apply_listener(Arc::new(move |_| {
+        node.set_apply_listener(Arc::new(move |outcome| {
+            for (revision, events) in &outcome.events {
+                hub.publish(*revision, events);
+            }
             let c = store.compact_revision();
             if seen.swap(c, Ordering::AcqRel) != c {
                 wake.notify_one();
@@ -131,6 +145,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         max_txn_ops: cfg.max_txn_ops,
         proposals: Semaphore::new(context::MAX_INFLIGHT_PROPOSALS),
         compactor,
+        hub,
+        watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     });
     // tonic refuses only far larger messages (with its own error); up to that, handlers
     // refuse what exceeds etcd's limit with grpc-go's message (`Context::check_grpc_size`).
@@ -147,7 +163,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             )
             .add_service(
                 ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
-            );
+            )
+            .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
         let mut stop = stop_tx.subscribe();
         // Small requests and responses must not wait for Nagle's algorithm (a 40 ms stall
         // against delayed ACKs): every accepted connection gets TCP_NODELAY.

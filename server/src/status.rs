@@ -5,6 +5,9 @@ use cairn_raft::WriteError;
 use cairn_storage::{RequestError, StoreError};
 use tonic::Status;
 
+/// etcd's "no leader" message, also a watch cancel reason.
+pub const NO_LEADER_MESSAGE: &str = "etcdserver: no leader";
+
 /// A request's own failure, as etcd reports it.
 pub fn request_error(e: &RequestError) -> Status {
     let k = match e {

@@ -8,6 +8,7 @@
 //! - [`read`]: range scans over the key index at a revision.
 //! - [`schema`]: every table and meta key (see docs/FORMAT.md).
 //! - [`record`], [`codec`]: byte formats of stored records and replicated commands.
+//! - [`watch`]: the watcher registry and the history reads of lagging watchers.
 //! - [`error`]: [`RequestError`] (one request failed) vs [`StoreError`] (the node failed).
 
 pub mod codec;
@@ -17,8 +18,10 @@ pub mod record;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
+pub mod sync;
 pub mod types;
 pub mod validate;
+pub mod watch;
 
 pub use error::{DecodeError, RequestError, StoreError};
 pub use store::{ApplyEntry, BatchOutcome, ReadView, Store, StoreOptions};

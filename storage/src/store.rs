@@ -776,3 +776,12 @@ fn compact_batch(wtx: &WriteTransaction, max_rows: usize) -> Result<bool, StoreE
     }
     Ok(exhausted && target == compacted)
 }
+
+impl ReadView {
+    /// The snapshot's tables, for the reads in other modules (watch catch-up).
+    pub(crate) fn tables(
+        &self,
+    ) -> (&redb::ReadOnlyTable<IndexKey<'static>, u8>, &redb::ReadOnlyTable<(u64, u64), &'static [u8]>) {
+        (&self.index, &self.revs)
+    }
+}

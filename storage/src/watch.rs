@@ -1,0 +1,361 @@
+//! The watcher registry ([`WatchHub`]) and the reads that replay history for watchers
+//! that are behind.
+//!
+//! Every watcher is either *synced* — it receives the events of each applied revision as it
+//! is published — or *unsynced* — its stream replays the revision log from `next_rev` and
+//! then asks to rejoin. The invariant that makes delivery exactly-once and in order:
+//! a watcher has handed every matching event below `next_rev` to its stream, and, while
+//! synced, every matching event of a published revision `>= next_rev` is in its `pending`
+//! queue. Revisions are published after they are committed, so anything a catch-up needs
+//! is in storage; a catch-up that read through revision C rejoins only if nothing after C
+//! has been published yet, and publishes below `next_rev` are ignored.
+//!
+//! Memory is bounded: a synced watcher queues at most `max_pending_events`; past that it
+//! drops its queue and becomes unsynced (it replays from storage later), so a slow stream
+//! never blocks apply. Lock: one mutex; wakers are woken after it is released.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::task::Waker;
+
+use crate::error::StoreError;
+use crate::read::{self, KeySpan};
+use crate::record::Record;
+use crate::store::ReadView;
+use crate::sync::Mutex;
+use crate::types::*;
+
+pub type WatcherId = u64;
+pub type StreamId = u64;
+
+/// What a watcher watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub key: Vec<u8>,
+    /// etcd's range_end: empty = the key, `[0]` = every key >= key, else `[key, range_end)`.
+    pub range_end: Vec<u8>,
+    /// etcd's NOPUT filter.
+    pub no_put: bool,
+    /// etcd's NODELETE filter.
+    pub no_delete: bool,
+}
+
+impl WatchSpec {
+    pub fn matches(&self, ev: &Event) -> bool {
+        match ev.kind {
+            EventKind::Put if self.no_put => return false,
+            EventKind::Delete if self.no_delete => return false,
+            _ => {}
+        }
+        KeySpan::new(&self.key, &self.range_end).contains(&ev.kv.key)
+    }
+}
+
+/// The matching events of one revision, never split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub revision: Revision,
+    pub events: Vec<Event>,
+}
+
+/// What a stream should do for one watcher.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Published events, whole revisions in order; `next_rev` already moved past them.
+    Events(Vec<Delivery>),
+    /// Behind: replay the revision log from `next_rev`, then call [`WatchHub::caught_up`].
+    CatchUp { next_rev: Revision },
+    /// Nothing to do (or the watcher is gone).
+    Idle,
+}
+
+struct Watcher {
+    stream: StreamId,
+    spec: WatchSpec,
+    next_rev: Revision,
+    synced: bool,
+    pending: VecDeque<Delivery>,
+    pending_events: usize,
+}
+
+struct StreamState {
+    waker: Waker,
+    /// Watchers with something to do.
+    dirty: BTreeSet<WatcherId>,
+    watchers: BTreeSet<WatcherId>,
+}
+
+struct Inner {
+    published: Revision,
+    watchers: HashMap<WatcherId, Watcher>,
+    streams: HashMap<StreamId, StreamState>,
+    next_id: u64,
+}
+
+/// The registry of every watcher of this member. Shared by the apply path (publish) and
+/// the watch streams.
+pub struct WatchHub {
+    inner: Mutex<Inner>,
+    max_pending_events: usize,
+}
+
+impl WatchHub {
+    /// A hub whose last published revision is `published` (the store's current revision at
+    /// start), queueing at most `max_pending_events` per synced watcher.
+    pub fn new(published: Revision, max_pending_events: usize) -> WatchHub {
+        WatchHub {
+            inner: Mutex::new(Inner { published, watchers: HashMap::new(), streams: HashMap::new(), next_id: 1 }),
+            max_pending_events: max_pending_events.max(1),
+        }
+    }
+
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("watch hub lock poisoned")
+    }
+
+    /// The last published revision.
+    pub fn published(&self) -> Revision {
+        self.lock().published
+    }
+
+    /// A new stream, woken through `waker` when one of its watchers has work.
+    pub fn open_stream(&self, waker: Waker) -> StreamId {
+        let mut g = self.lock();
+        let id = g.next_id;
+        g.next_id += 1;
+        g.streams.insert(id, StreamState { waker, dirty: BTreeSet::new(), watchers: BTreeSet::new() });
+        id
+    }
+
+    /// Removes a stream and all its watchers.
+    pub fn close_stream(&self, stream: StreamId) {
+        let mut g = self.lock();
+        if let Some(s) = g.streams.remove(&stream) {
+            for w in s.watchers {
+                g.watchers.remove(&w);
+            }
+        }
+    }
+
+    /// Registers a watcher that delivers every matching event of revision `>= start`.
+    /// Returns None if the stream is gone.
+    pub fn add(&self, stream: StreamId, spec: WatchSpec, start: Revision) -> Option<WatcherId> {
+        let mut g = self.lock();
+        let id = g.next_id;
+        let synced = start > g.published;
+        let s = g.streams.get_mut(&stream)?;
+        s.watchers.insert(id);
+        if !synced {
+            s.dirty.insert(id);
+            s.waker.wake_by_ref();
+        }
+        g.next_id += 1;
+        g.watchers.insert(
+            id,
+            Watcher { stream, spec, next_rev: start, synced, pending: VecDeque::new(), pending_events: 0 },
+        );
+        Some(id)
+    }
+
+    /// Removes a watcher; false if it was not there.
+    pub fn remove(&self, id: WatcherId) -> bool {
+        let mut g = self.lock();
+        match g.watchers.remove(&id) {
+            Some(w) => {
+                if let Some(s) = g.streams.get_mut(&w.stream) {
+                    s.watchers.remove(&id);
+                    s.dirty.remove(&id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Publishes the events of one committed revision, in the order the request made them.
+    pub fn publish(&self, revision: Revision, events: &[Event]) {
+        let mut wake: Vec<Waker> = Vec::new();
+        {
+            let mut g = self.lock();
+            // Revisions arrive in order; one at or below `published` was applied before the
+            // hub was attached (start-up) and concerns no watcher.
+            if revision <= g.published {
+                return;
+            }
+            g.published = revision;
+            let Inner { watchers, streams, .. } = &mut *g;
+            for (id, w) in watchers.iter_mut() {
+                if !w.synced || revision < w.next_rev {
+                    continue;
+                }
+                let matching: Vec<Event> = events.iter().filter(|e| w.spec.matches(e)).cloned().collect();
+                if matching.is_empty() {
+                    continue;
+                }
+                w.pending_events += matching.len();
+                w.pending.push_back(Delivery { revision, events: matching });
+                if w.pending_events > self.max_pending_events {
+                    // Too far behind: drop the queue, replay from storage later.
+                    w.synced = false;
+                    w.pending.clear();
+                    w.pending_events = 0;
+                }
+                if let Some(s) = streams.get_mut(&w.stream) {
+                    if s.dirty.insert(*id) {
+                        wake.push(s.waker.clone());
+                    }
+                }
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    /// The watchers of `stream` with work, clearing the set.
+    pub fn take_dirty(&self, stream: StreamId) -> Vec<WatcherId> {
+        let mut g = self.lock();
+        match g.streams.get_mut(&stream) {
+            Some(s) => std::mem::take(&mut s.dirty).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether some watcher of `stream` has work (without clearing it).
+    pub fn take_dirty_peek(&self, stream: StreamId) -> bool {
+        self.lock().streams.get(&stream).is_some_and(|s| !s.dirty.is_empty())
+    }
+
+    /// Takes up to about `max_events` published events of a watcher (whole revisions; at
+    /// least one revision), or says it must catch up.
+    pub fn take(&self, id: WatcherId, max_events: usize) -> Take {
+        let mut g = self.lock();
+        let Some(w) = g.watchers.get_mut(&id) else { return Take::Idle };
+        if !w.synced {
+            return Take::CatchUp { next_rev: w.next_rev };
+        }
+        let mut out = Vec::new();
+        let mut n = 0;
+        while let Some(d) = w.pending.front() {
+            if !out.is_empty() && n + d.events.len() > max_events {
+                break;
+            }
+            let d = w.pending.pop_front().expect("front exists");
+            n += d.events.len();
+            w.next_rev = d.revision + 1;
+            out.push(d);
+        }
+        w.pending_events -= n;
+        let more = !w.pending.is_empty();
+        let stream = w.stream;
+        if more {
+            if let Some(s) = g.streams.get_mut(&stream) {
+                s.dirty.insert(id);
+            }
+        }
+        if out.is_empty() {
+            Take::Idle
+        } else {
+            Take::Events(out)
+        }
+    }
+
+    /// After a catch-up delivered every matching event below `next_rev`: rejoins the
+    /// published flow if nothing at or after `next_rev` was published yet. Returns true if
+    /// the watcher is synced now; false if it must keep catching up (it stays dirty) or is
+    /// gone.
+    pub fn caught_up(&self, id: WatcherId, next_rev: Revision) -> bool {
+        let mut g = self.lock();
+        let published = g.published;
+        let Some(w) = g.watchers.get_mut(&id) else { return false };
+        assert!(!w.synced, "only an unsynced watcher catches up");
+        assert!(next_rev >= w.next_rev, "a catch-up never goes back: {} -> {next_rev}", w.next_rev);
+        w.next_rev = next_rev;
+        if next_rev > published {
+            w.synced = true;
+            true
+        } else {
+            let stream = w.stream;
+            if let Some(s) = g.streams.get_mut(&stream) {
+                s.dirty.insert(id);
+            }
+            false
+        }
+    }
+
+    /// Whether every watcher of `stream` is synced with nothing queued (etcd answers a
+    /// progress request only then).
+    pub fn stream_synced(&self, stream: StreamId) -> bool {
+        let g = self.lock();
+        match g.streams.get(&stream) {
+            Some(s) => s.watchers.iter().all(|id| g.watchers.get(id).is_none_or(|w| w.synced && w.pending.is_empty())),
+            None => true,
+        }
+    }
+
+    /// Whether one watcher is synced with nothing queued (for periodic progress notify).
+    pub fn watcher_synced(&self, id: WatcherId) -> bool {
+        self.lock().watchers.get(&id).is_some_and(|w| w.synced && w.pending.is_empty())
+    }
+
+    /// Number of registered watchers.
+    pub fn len(&self) -> usize {
+        self.lock().watchers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads for watch catch-up.
+impl ReadView {
+    /// Events of revisions `from..=to` (every key, request order within a revision), reading
+    /// about `max_rows` rows at most but never splitting a revision. Returns the events and
+    /// the first revision not read (`to + 1` when complete).
+    pub fn events(
+        &self,
+        from: Revision,
+        to: Revision,
+        max_rows: usize,
+    ) -> Result<(Vec<(Revision, Event)>, Revision), StoreError> {
+        let (_, revs) = self.tables();
+        let mut out = Vec::new();
+        if from > to {
+            return Ok((out, from));
+        }
+        let lo = (from.max(0) as u64, 0u64);
+        let hi = (to.max(0) as u64, u64::MAX);
+        let mut last_rev: Option<u64> = None;
+        for row in redb::ReadableTable::range(revs, lo..=hi)? {
+            let (k, v) = row?;
+            let (main, _) = k.value();
+            if out.len() >= max_rows && last_rev != Some(main) {
+                return Ok((out, main as Revision));
+            }
+            last_rev = Some(main);
+            let rec = Record::decode(v.value())?;
+            let ev = if rec.tombstone {
+                Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue { key: rec.key, mod_revision: main as Revision, ..Default::default() },
+                }
+            } else {
+                Event { kind: EventKind::Put, kv: rec.into_kv(main as Revision) }
+            };
+            out.push((main as Revision, ev));
+        }
+        Ok((out, to + 1))
+    }
+
+    /// The key's live value at revision `rev`, if any (a watch event's prev_kv).
+    pub fn get_at(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StoreError> {
+        if rev < 1 {
+            return Ok(None);
+        }
+        let (index, revs) = self.tables();
+        match read::live_at(index, key, rev as u64)? {
+            Some(l) => Ok(Some(read::load_kv(revs, &l)?)),
+            None => Ok(None),
+        }
+    }
+}
