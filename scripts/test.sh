@@ -40,3 +40,7 @@ cargo build --workspace --bins
 # --no-fail-fast: run every test binary and report all failures, still exiting non-zero.
 step "cargo test --workspace --no-fail-fast"
 cargo test --workspace --no-fail-fast
+
+# loom models of the watch hub: storage built with --cfg loom in its own target dir.
+step "loom models (watch hub)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p cairn-storage --lib --release watch::loom
