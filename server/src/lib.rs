@@ -5,6 +5,7 @@
 //! - [`context`]: what all handlers share; proposals, linearizable reads, the compactor.
 //! - [`kv`], [`maintenance`], [`cluster`]: the gRPC services (thin adapters).
 //! - [`watch`]: the Watch streams over the member's watch hub.
+//! - [`lease`]: the Lease service; [`lessor`]: lease deadlines on the leader, expiry.
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
 //!
 //! Services not registered yet answer Unimplemented.
@@ -14,6 +15,8 @@ pub mod config;
 pub mod context;
 pub mod convert;
 pub mod kv;
+pub mod lease;
+pub mod lessor;
 pub mod maintenance;
 pub mod status;
 pub mod watch;
@@ -26,10 +29,11 @@ use std::time::Duration;
 
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
-use cairn_storage::watch::WatchHub;
 use cairn_raft::{NodeConfig, RaftNode};
+use cairn_storage::watch::WatchHub;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
@@ -148,6 +152,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         hub,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     });
+    // Lease expiry: the lessor promotes (every lease gets its full TTL) as soon as this member
+    // leads, then proposes the revocation of expired leases.
+    let lessor = Arc::new(lessor::Lessor::new(lessor::LessorConfig::from_raft_timing(
+        cfg.heartbeat_interval_ms,
+        cfg.election_timeout_ms,
+    )));
+    let lessor_task = tokio::spawn(lessor::run(lessor.clone(), ctx.clone()));
     // tonic refuses only far larger messages (with its own error); up to that, handlers
     // refuse what exceeds etcd's limit with grpc-go's message (`Context::check_grpc_size`).
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES + TONIC_SLACK_BYTES;
@@ -164,7 +175,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .add_service(
                 ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
             )
-            .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
+            .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
+            .add_service(
+                LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
+                    .max_decoding_message_size(max_msg),
+            );
         let mut stop = stop_tx.subscribe();
         // Small requests and responses must not wait for Nagle's algorithm (a 40 ms stall
         // against delayed ACKs): every accepted connection gets TCP_NODELAY.
@@ -185,6 +200,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     shutdown.await;
     tracing::info!("received stop request, shutting down");
+    // A stopping member proposes no more revocations; the next leader (this member after a
+    // restart) gives every lease its full TTL again.
+    lessor_task.abort();
     let _ = stop_tx.send(());
     for s in servers {
         match tokio::time::timeout(Duration::from_secs(5), s).await {

@@ -21,6 +21,8 @@ pub fn request_error(e: &RequestError) -> Status {
         RequestError::FutureRevision { .. } => EtcdError::FutureRev,
         RequestError::LeaseNotFound { .. } => EtcdError::LeaseNotFound,
         RequestError::InvalidSortOption => EtcdError::InvalidSortOption,
+        RequestError::LeaseExist { .. } => EtcdError::LeaseExist,
+        RequestError::LeaseTtlTooLarge { .. } => EtcdError::LeaseTtlTooLarge,
         // RequestError is non_exhaustive; a new variant must be added above.
         #[allow(unreachable_patterns)]
         _ => return Status::unknown(e.to_string()),

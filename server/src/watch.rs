@@ -219,13 +219,11 @@ impl StreamTask {
             no_delete: c.filters.contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
         };
         // The created response goes out before any event of the watcher.
-        let r =
-            pb::WatchResponse { header: Some(self.header(current)), watch_id, created: true, ..Default::default() };
+        let r = pb::WatchResponse { header: Some(self.header(current)), watch_id, created: true, ..Default::default() };
         self.send(r).await?;
         let Some(hid) = self.ctx.hub.add(self.sid, spec.clone(), start) else { return Err(Closed) };
         self.by_watch_id.insert(watch_id, hid);
-        self.by_hub
-            .insert(hid, WatcherInfo { watch_id, spec, prev_kv: c.prev_kv, progress_notify: c.progress_notify });
+        self.by_hub.insert(hid, WatcherInfo { watch_id, spec, prev_kv: c.prev_kv, progress_notify: c.progress_notify });
         Ok(())
     }
 
@@ -362,8 +360,12 @@ impl StreamTask {
             }
             Ok(Ok((events, next, current))) => {
                 if !events.is_empty() {
-                    let r =
-                        pb::WatchResponse { header: Some(self.header(current)), watch_id, events, ..Default::default() };
+                    let r = pb::WatchResponse {
+                        header: Some(self.header(current)),
+                        watch_id,
+                        events,
+                        ..Default::default()
+                    };
                     self.send(r).await?;
                 }
                 self.ctx.hub.caught_up(hid, next);

@@ -117,6 +117,15 @@ impl Command {
                 w.i64(c.revision);
                 w.bool(c.physical);
             }
+            Command::LeaseGrant { id, ttl_secs } => {
+                w.u8(5);
+                w.i64(*id);
+                w.i64(*ttl_secs);
+            }
+            Command::LeaseRevoke { id } => {
+                w.u8(6);
+                w.i64(*id);
+            }
         }
         let crc = crc32fast::hash(&w.buf);
         w.u32(crc);
@@ -142,6 +151,8 @@ impl Command {
             2 => Command::DeleteRange(read_delete(&mut r)?),
             3 => Command::Txn(read_txn(&mut r, 0)?),
             4 => Command::Compact(CompactionRequest { revision: r.i64()?, physical: r.bool()? }),
+            5 => Command::LeaseGrant { id: r.i64()?, ttl_secs: r.i64()? },
+            6 => Command::LeaseRevoke { id: r.i64()? },
             t => return Err(DecodeError(format!("command tag {t} unknown"))),
         };
         r.finish()?;
@@ -379,5 +390,18 @@ mod tests {
             assert!(Command::decode(&bad).is_err(), "flipped byte {i} not detected");
         }
         assert!(Command::decode(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn lease_commands_round_trip() {
+        for cmd in [
+            Command::LeaseGrant { id: 0x7fff_ffff_ffff_ffff, ttl_secs: 9_000_000_000 },
+            Command::LeaseGrant { id: -5, ttl_secs: 2 },
+            Command::LeaseRevoke { id: 42 },
+        ] {
+            let enc = cmd.encode();
+            assert_eq!(Command::decode(&enc).expect("round trip"), cmd);
+            assert!(Command::decode(&enc[..enc.len() - 1]).is_err());
+        }
     }
 }

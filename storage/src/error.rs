@@ -30,6 +30,10 @@ pub enum RequestError {
     LeaseNotFound { lease: LeaseId },
     /// An unknown sort order or target.
     InvalidSortOption,
+    /// A grant of a lease ID that exists.
+    LeaseExist { lease: LeaseId },
+    /// A grant with a TTL above `lease::MAX_LEASE_TTL_SECS`.
+    LeaseTtlTooLarge { ttl_secs: i64 },
 }
 
 impl fmt::Display for RequestError {
@@ -49,6 +53,8 @@ impl fmt::Display for RequestError {
             }
             RequestError::LeaseNotFound { lease } => write!(f, "requested lease {lease:x} not found"),
             RequestError::InvalidSortOption => write!(f, "invalid sort option"),
+            RequestError::LeaseExist { lease } => write!(f, "lease {lease:x} already exists"),
+            RequestError::LeaseTtlTooLarge { ttl_secs } => write!(f, "too large lease TTL ({ttl_secs} s)"),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`validate`]: the checks etcd makes before proposing (txn op budget, duplicate keys).
 //! - [`store`]: [`Store`], apply and reads; physical compaction.
 //! - [`read`]: range scans over the key index at a revision.
+//! - [`lease`]: lease records, grant and revoke at apply, lease reads (no clock: the
+//!   server's lessor decides expiry and proposes revocations).
 //! - [`schema`]: every table and meta key (see docs/FORMAT.md).
 //! - [`record`], [`codec`]: byte formats of stored records and replicated commands.
 //! - [`watch`]: the watcher registry and the history reads of lagging watchers.
@@ -13,6 +15,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod lease;
 pub mod read;
 pub mod record;
 pub mod schema;

@@ -18,10 +18,10 @@ pub const KEY_INDEX: TableDefinition<(&[u8], u64, u64), u8> = TableDefinition::n
 /// kept revision in revision order. Watches replay from it; compaction walks it.
 pub const REVS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("revs");
 
-/// Leases: `lease id -> record`. Only existence is used so far (Put with a lease).
+/// Leases: `lease id -> record` (`lease::LeaseRecord`): the leases granted and not revoked.
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 
-/// Keys attached to a lease: `(lease id, key) -> ()`.
+/// Keys attached to a lease: `(lease id, key) -> ()`, one row per live key with that lease.
 pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 
 /// Key-index flag: this revision deleted the key.

@@ -63,15 +63,15 @@ pub struct BatchOutcome {
     pub events: Vec<(Revision, Vec<Event>)>,
 }
 
-struct Tables<'t> {
+pub(crate) struct Tables<'t> {
     index: Table<'t, IndexKey<'static>, u8>,
     revs: Table<'t, (u64, u64), &'static [u8]>,
-    leases: Table<'t, i64, &'static [u8]>,
-    lease_keys: Table<'t, (i64, &'static [u8]), ()>,
+    pub(crate) leases: Table<'t, i64, &'static [u8]>,
+    pub(crate) lease_keys: Table<'t, (i64, &'static [u8]), ()>,
 }
 
 /// The state of one apply in progress: revision counters and the events made so far.
-struct ApplyState {
+pub(crate) struct ApplyState {
     current: Revision,
     compacted: Revision,
     /// Sub-revision for the next change in the revision being written.
@@ -425,6 +425,8 @@ fn apply_command(
             st.compacted = c.revision;
             Ok(Ok(CommandResponse::Compact))
         }
+        Command::LeaseGrant { id, ttl_secs } => crate::lease::grant(t, *id, *ttl_secs),
+        Command::LeaseRevoke { id } => crate::lease::revoke(t, st, *id),
     }
 }
 
@@ -478,7 +480,7 @@ fn put(t: &mut Tables<'_>, st: &mut ApplyState, p: &PutRequest) -> Result<PutRes
     Ok(PutResponse { prev_kv: if p.prev_kv { prev } else { None } })
 }
 
-fn delete_range(
+pub(crate) fn delete_range(
     t: &mut Tables<'_>,
     st: &mut ApplyState,
     d: &DeleteRangeRequest,
@@ -777,11 +779,14 @@ fn compact_batch(wtx: &WriteTransaction, max_rows: usize) -> Result<bool, StoreE
     Ok(exhausted && target == compacted)
 }
 
+/// The key index of a read snapshot.
+pub(crate) type IndexTable = redb::ReadOnlyTable<IndexKey<'static>, u8>;
+/// The revision log of a read snapshot.
+pub(crate) type RevsTable = redb::ReadOnlyTable<(u64, u64), &'static [u8]>;
+
 impl ReadView {
     /// The snapshot's tables, for the reads in other modules (watch catch-up).
-    pub(crate) fn tables(
-        &self,
-    ) -> (&redb::ReadOnlyTable<IndexKey<'static>, u8>, &redb::ReadOnlyTable<(u64, u64), &'static [u8]>) {
+    pub(crate) fn tables(&self) -> (&IndexTable, &RevsTable) {
         (&self.index, &self.revs)
     }
 }

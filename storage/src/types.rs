@@ -164,6 +164,16 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// Creates lease `id` with `ttl_secs` (the leader picked the ID when the client did not,
+    /// and raised the TTL to the minimum; see `lease.rs`).
+    LeaseGrant {
+        id: LeaseId,
+        ttl_secs: i64,
+    },
+    /// Deletes lease `id` and every key attached to it, in one revision.
+    LeaseRevoke {
+        id: LeaseId,
+    },
 }
 
 impl Command {
@@ -197,6 +207,7 @@ impl Command {
             Command::DeleteRange(d) => 16 + d.key.len() + d.range_end.len(),
             Command::Txn(t) => txn(t),
             Command::Compact(_) => 16,
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
         }
     }
 }
@@ -208,6 +219,12 @@ pub enum CommandResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
+    /// The lease as granted: its ID and TTL.
+    LeaseGrant {
+        id: LeaseId,
+        ttl_secs: i64,
+    },
+    LeaseRevoke,
 }
 
 /// A command's outcome: the response and the store revision to report in the header

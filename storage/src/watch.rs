@@ -149,10 +149,8 @@ impl WatchHub {
             s.waker.wake_by_ref();
         }
         g.next_id += 1;
-        g.watchers.insert(
-            id,
-            Watcher { stream, spec, next_rev: start, synced, pending: VecDeque::new(), pending_events: 0 },
-        );
+        g.watchers
+            .insert(id, Watcher { stream, spec, next_rev: start, synced, pending: VecDeque::new(), pending_events: 0 });
         Some(id)
     }
 

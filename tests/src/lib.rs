@@ -20,3 +20,4 @@
 
 pub mod diff;
 pub mod harness;
+pub mod watch_util;

@@ -9,7 +9,11 @@ use rand::Rng;
 /// Keys in sorted order; `b\0` sits between `b` and `ba`, `ab` inside the prefix `a`.
 pub const KEYS: &[&[u8]] = &[b"a", b"ab", b"b", b"b\0", b"ba", b"c", b"d"];
 const VALUES: &[&[u8]] = &[b"", b"v", b"w", b"xyz", b"\0", b"\xff"];
-/// A lease that does not exist (the store has no lease grant yet).
+/// Lease IDs the generator uses: granted and revoked over and over, so that keys get
+/// attached, moved between leases and deleted by revokes. Negative IDs are valid (a client
+/// may choose any non-zero ID).
+pub const LEASES: &[LeaseId] = &[1, 2, -3];
+/// A lease that is never granted.
 pub const MISSING_LEASE: LeaseId = 7;
 
 /// What the generator needs to know of the store: revisions to aim reads and compares at.
@@ -123,6 +127,18 @@ impl Gen<'_> {
         }
     }
 
+    /// A lease ID for a put or compare: mostly none, else one of [`LEASES`], sometimes one
+    /// that never exists.
+    fn lease(&mut self, percent: u32) -> LeaseId {
+        if !self.p(percent) {
+            0
+        } else if self.p(15) {
+            MISSING_LEASE
+        } else {
+            *LEASES.choose(self.rng).expect("non-empty")
+        }
+    }
+
     pub fn put(&mut self) -> PutRequest {
         let ignore_value = self.p(15);
         let ignore_lease = self.p(15);
@@ -130,7 +146,7 @@ impl Gen<'_> {
             key: self.key(),
             // With ignore_value mostly no value (else "value is provided").
             value: if ignore_value && self.p(85) { Vec::new() } else { self.value() },
-            lease: if self.p(if ignore_lease { 5 } else { 8 }) { MISSING_LEASE } else { 0 },
+            lease: self.lease(if ignore_lease { 5 } else { 50 }),
             prev_kv: self.p(50),
             ignore_value,
             ignore_lease,
@@ -150,7 +166,7 @@ impl Gen<'_> {
             1 => CompareTarget::Create(self.rng.gen_range(0..=current + 1)),
             2 => CompareTarget::Mod(self.rng.gen_range(0..=current + 1)),
             3 => CompareTarget::Value(self.value()),
-            _ => CompareTarget::Lease(if self.p(80) { 0 } else { MISSING_LEASE }),
+            _ => CompareTarget::Lease(self.lease(50)),
         };
         let result = *[CompareResult::Equal, CompareResult::NotEqual, CompareResult::Greater, CompareResult::Less]
             .choose(self.rng)
@@ -191,13 +207,29 @@ impl Gen<'_> {
         CompactionRequest { revision, physical: self.p(50) }
     }
 
+    /// A grant: mostly of one of [`LEASES`] (often existing already), sometimes of ID 0 (etcd:
+    /// "not found") or with a TTL at or above the limit.
+    pub fn lease_grant(&mut self) -> Command {
+        let id = if self.p(5) { 0 } else { *LEASES.choose(self.rng).expect("non-empty") };
+        let ttl_secs = *[1, 2, 60, 60, -1, 9_000_000_000, 9_000_000_001].choose(self.rng).expect("non-empty");
+        Command::LeaseGrant { id, ttl_secs }
+    }
+
+    /// A revoke of one of [`LEASES`], or of a lease that never exists.
+    pub fn lease_revoke(&mut self) -> Command {
+        let id = if self.p(10) { MISSING_LEASE } else { *LEASES.choose(self.rng).expect("non-empty") };
+        Command::LeaseRevoke { id }
+    }
+
     /// A mutating command.
     pub fn command(&mut self) -> Command {
         match self.rng.gen_range(0..100) {
-            0..=44 => Command::Put(self.put()),
-            45..=64 => Command::DeleteRange(self.delete()),
-            65..=96 => Command::Txn(self.txn(0)),
-            _ => Command::Compact(self.compact()),
+            0..=37 => Command::Put(self.put()),
+            38..=52 => Command::DeleteRange(self.delete()),
+            53..=80 => Command::Txn(self.txn(0)),
+            81..=83 => Command::Compact(self.compact()),
+            84..=92 => self.lease_grant(),
+            _ => self.lease_revoke(),
         }
     }
 }

@@ -7,7 +7,7 @@ use cairn_storage::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::gen::{Gen, Revs, KEYS};
+use crate::gen::{Gen, Revs, KEYS, MISSING_LEASE};
 use crate::model::{range_of, Model};
 
 pub const MAX_TXN_OPS: usize = 4;
@@ -34,7 +34,8 @@ pub fn validate_command(cmd: &Command) -> Result<(), RequestError> {
         Command::Put(p) => validate::check_put(p),
         Command::DeleteRange(d) => validate::check_delete(d),
         Command::Txn(x) => validate::check_txn(x, MAX_TXN_OPS),
-        Command::Compact(_) => Ok(()),
+        Command::Compact(_) | Command::LeaseRevoke { .. } => Ok(()),
+        Command::LeaseGrant { ttl_secs, .. } => lease::check_grant(*ttl_secs),
     }
 }
 
@@ -62,6 +63,9 @@ pub struct Stats {
     pub compaction_completed: usize,
     pub reopens: usize,
     pub snapshots: usize,
+    pub lease_grants: usize,
+    /// Revokes that deleted keys (made a revision).
+    pub lease_revokes_with_keys: usize,
 }
 
 fn compaction_opts(rng: &mut StdRng) -> StoreOptions {
@@ -145,6 +149,12 @@ impl Harness {
             if matches!(cmd, Command::Compact(_)) && want.result.is_ok() {
                 self.stats.compactions += 1;
             }
+            if matches!(cmd, Command::LeaseGrant { .. }) && want.result.is_ok() {
+                self.stats.lease_grants += 1;
+            }
+            if matches!(cmd, Command::LeaseRevoke { .. }) && events.is_some() {
+                self.stats.lease_revokes_with_keys += 1;
+            }
             if let Some(evs) = events {
                 self.stats.revisions += 1;
                 want_events.push((want.revision, evs));
@@ -153,6 +163,7 @@ impl Harness {
         }
         assert_eq!(out.events, want_events, "{}", self.ctx("events of the batch"));
         self.check_revisions();
+        check_leases(self.store(), &self.model, &|w| self.ctx(w));
     }
 
     pub fn check_revisions(&self) {
@@ -287,6 +298,7 @@ pub fn check_store_against_model(store: &Store, model: &Model, ctx: &dyn Fn(&str
             );
         }
     }
+    check_leases(store, model, ctx);
     if model.compacted > 1 {
         let below = RangeRequest { key: b"a".to_vec(), revision: model.compacted - 1, ..Default::default() };
         assert_eq!(
@@ -303,4 +315,17 @@ pub fn check_store_against_model(store: &Store, model: &Model, ctx: &dyn Fn(&str
         "{}",
         ctx("read above the current revision")
     );
+}
+
+/// The leases of a store against the model's: the same IDs and TTLs, and each with exactly
+/// the live keys that carry it (the `LEASE_KEYS` table agrees with the key index).
+pub fn check_leases(store: &Store, model: &Model, ctx: &dyn Fn(&str) -> String) {
+    let got: Vec<(LeaseId, i64)> = store.leases().expect("leases").into_iter().map(|r| (r.id, r.ttl_secs)).collect();
+    let want: Vec<(LeaseId, i64)> = model.leases.iter().map(|(&id, &ttl)| (id, ttl)).collect();
+    assert_eq!(got, want, "{}", ctx("leases"));
+    for &id in model.leases.keys().chain(std::iter::once(&MISSING_LEASE)) {
+        let info = store.lease(id, true).expect("lease");
+        let want = model.leases.get(&id).map(|_| model.lease_keys(id));
+        assert_eq!(info.map(|i| i.keys), want, "{}", ctx(&format!("keys of lease {id}")));
+    }
 }

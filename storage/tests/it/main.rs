@@ -3,6 +3,7 @@
 //! - `randomized`: seeded operations against a plain model (`model.rs`); replay a failure
 //!   with `CAIRN_SEED=<seed>`, widen with `CAIRN_SEEDS=<n>` and `CAIRN_OPS=<n>`.
 //! - `edge`: hand-written cases (compaction corners, sort rules, errors, codec).
+//! - `lease`: hand-written lease cases (revoke's revision and events, grant errors).
 //! - `crash`: durability and atomicity of the state-machine file, with a fault-injecting
 //!   redb storage backend.
 
@@ -10,5 +11,6 @@ mod crash;
 mod edge;
 mod gen;
 mod harness;
+mod lease;
 mod model;
 mod randomized;

@@ -10,8 +10,13 @@
 //! - txn compares, and the checks of puts and ranges (ignore_* on a missing key, lease,
 //!   range revision), are all made on the state before the txn, puts before ranges;
 //! - a range inside a txn at revision 0 sees the txn's earlier writes;
-//! - reads below the compacted revision fail, above the current one fail.
+//! - reads below the compacted revision fail, above the current one fail;
+//! - leases (etcd's lessor): a grant of ID 0 is "not found", a TTL above 9e9 s "too large",
+//!   an existing ID "already exists"; a revoke deletes every live key carrying the lease, in
+//!   key order, in one revision (none if it has no keys); a put naming a lease that does not
+//!   exist fails. The keys of a lease are simply the live keys whose `lease` is its ID.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_storage::*;
@@ -29,8 +34,8 @@ pub struct Model {
     /// `events[r]`: the changes of revision r, in order.
     pub events: Vec<Vec<Event>>,
     pub compacted: Revision,
-    /// Leases that exist. The store has no lease grant yet, so this stays empty.
-    pub leases: BTreeSet<LeaseId>,
+    /// Leases that exist, with their granted TTL.
+    pub leases: BTreeMap<LeaseId, i64>,
     pub max_txn_ops: usize,
 }
 
@@ -94,7 +99,7 @@ impl Model {
             states: vec![State::new(), State::new()],
             events: vec![Vec::new(), Vec::new()],
             compacted: -1,
-            leases: BTreeSet::new(),
+            leases: BTreeMap::new(),
             max_txn_ops,
         }
     }
@@ -119,8 +124,23 @@ impl Model {
                 Self::intervals(&x.failure)?;
                 Ok(())
             }
-            Command::Compact(_) => Ok(()),
+            Command::Compact(_) | Command::LeaseRevoke { .. } => Ok(()),
+            Command::LeaseGrant { ttl_secs, .. } => Self::validate_ttl(*ttl_secs),
         }
+    }
+
+    /// etcd's `MaxLeaseTTL`.
+    fn validate_ttl(ttl_secs: i64) -> Result<(), RequestError> {
+        if ttl_secs > 9_000_000_000 {
+            Err(RequestError::LeaseTtlTooLarge { ttl_secs })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The live keys carrying lease `id`, in key order.
+    pub fn lease_keys(&self, id: LeaseId) -> Vec<Vec<u8>> {
+        self.state(self.current()).values().filter(|kv| kv.lease == id).map(|kv| kv.key.clone()).collect()
     }
 
     pub fn validate_key(k: &[u8]) -> Result<(), RequestError> {
@@ -234,7 +254,7 @@ impl Model {
             Command::Put(p) => {
                 // Standalone put: the lease first, then ignore_* on a missing key (etcd's
                 // applierV3backend.Put); in a txn the order is the other way round.
-                if p.lease != 0 && !self.leases.contains(&p.lease) {
+                if p.lease != 0 && !self.leases.contains_key(&p.lease) {
                     Err(RequestError::LeaseNotFound { lease: p.lease })
                 } else if (p.ignore_value || p.ignore_lease) && !pending.state.contains_key(&p.key) {
                     Err(RequestError::KeyNotFound)
@@ -258,6 +278,31 @@ impl Model {
                 } else {
                     self.compacted = c.revision;
                     Ok(CommandResponse::Compact)
+                }
+            }
+            &Command::LeaseGrant { id, ttl_secs } => {
+                if id == 0 {
+                    Err(RequestError::LeaseNotFound { lease: id })
+                } else if let Err(e) = Self::validate_ttl(ttl_secs) {
+                    Err(e)
+                } else {
+                    match self.leases.entry(id) {
+                        Entry::Occupied(_) => Err(RequestError::LeaseExist { lease: id }),
+                        Entry::Vacant(e) => {
+                            e.insert(ttl_secs);
+                            Ok(CommandResponse::LeaseGrant { id, ttl_secs })
+                        }
+                    }
+                }
+            }
+            &Command::LeaseRevoke { id } => {
+                if self.leases.remove(&id).is_none() {
+                    Err(RequestError::LeaseNotFound { lease: id })
+                } else {
+                    for key in self.lease_keys(id) {
+                        pending.delete(&DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false });
+                    }
+                    Ok(CommandResponse::LeaseRevoke)
                 }
             }
         };
@@ -309,7 +354,7 @@ impl Model {
                     if (p.ignore_value || p.ignore_lease) && !base.contains_key(&p.key) {
                         return Err(RequestError::KeyNotFound);
                     }
-                    if p.lease != 0 && !self.leases.contains(&p.lease) {
+                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
                         return Err(RequestError::LeaseNotFound { lease: p.lease });
                     }
                 }

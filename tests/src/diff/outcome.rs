@@ -59,6 +59,7 @@ pub enum Resp {
     Delete { header: Option<Header>, deleted: i64, prev_kvs: Vec<Kv> },
     Txn { header: Option<Header>, succeeded: bool, responses: Vec<Resp> },
     Compact { header: Option<Header> },
+    Lease(super::lease::LeaseResp),
 }
 
 impl Resp {
@@ -70,6 +71,7 @@ impl Resp {
             | Resp::Delete { header, .. }
             | Resp::Txn { header, .. }
             | Resp::Compact { header } => header.as_ref(),
+            Resp::Lease(l) => l.header(),
         }
     }
 }
@@ -113,6 +115,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Normalizer {
     ids: HashMap<u64, u64>,
+    /// Lease IDs the server chose, in order of first appearance (see `lease.rs`).
+    pub(crate) chosen_leases: Vec<i64>,
 }
 
 impl Normalizer {
@@ -258,6 +262,11 @@ fn render(resp: &Resp, indent: usize, out: &mut String) {
         }
         Resp::Compact { header } => {
             let _ = writeln!(out, "{pad}Compact {}", show_header(header));
+        }
+        Resp::Lease(l) => {
+            for line in l.to_string().lines() {
+                let _ = writeln!(out, "{pad}{line}");
+            }
         }
     }
 }

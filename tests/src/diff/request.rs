@@ -21,6 +21,8 @@ pub enum Req {
     Delete(DeleteReq),
     Txn(TxnReq),
     Compact(CompactReq),
+    /// A Lease RPC (see [`super::lease`]).
+    Lease(super::lease::LeaseReq),
 }
 
 /// A Range (get) request; fields as in etcd's `RangeRequest`.
@@ -436,6 +438,7 @@ impl Req {
             Req::Delete(d) => TxnOp::delete(d.key.clone(), Some(d.options())),
             Req::Txn(t) => TxnOp::txn(t.to_client()),
             Req::Compact(_) => panic!("a compaction cannot be an op of a txn"),
+            Req::Lease(_) => panic!("a lease request cannot be an op of a txn"),
         }
     }
 }
@@ -463,6 +466,11 @@ impl From<TxnReq> for Req {
 impl From<CompactReq> for Req {
     fn from(r: CompactReq) -> Req {
         Req::Compact(r)
+    }
+}
+impl From<super::lease::LeaseReq> for Req {
+    fn from(r: super::lease::LeaseReq) -> Req {
+        Req::Lease(r)
     }
 }
 
@@ -625,6 +633,7 @@ impl fmt::Display for Req {
             Req::Delete(r) => r.fmt(f),
             Req::Txn(r) => r.fmt(f),
             Req::Compact(r) => r.fmt(f),
+            Req::Lease(r) => r.fmt(f),
         }
     }
 }

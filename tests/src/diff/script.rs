@@ -95,10 +95,17 @@ pub struct Record {
 /// transcript is then shorter than the script.
 pub async fn run_script(client: &Client, script: &Script) -> Vec<Record> {
     let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let mut lease = client.lease_client();
     let mut norm = Normalizer::new();
     let mut records = Vec::with_capacity(script.steps.len());
     for step in &script.steps {
-        let outcome = execute(&mut kv, &mut norm, &step.req).await;
+        let outcome = match &step.req {
+            Req::Lease(l) => match super::lease::execute(&mut lease, &mut norm, l).await {
+                Ok(resp) => Outcome::Ok(resp),
+                Err(e) => Outcome::Err(RpcError::from_client(&e)),
+            },
+            req => execute(&mut kv, &mut norm, req).await,
+        };
         let fatal = matches!(&outcome, Outcome::Err(e) if !e.is_grpc());
         records.push(Record { label: step.label.clone(), outcome });
         if fatal {
@@ -119,6 +126,7 @@ pub async fn execute(kv: &mut KvClient, norm: &mut Normalizer, req: &Req) -> Out
         Req::Delete(d) => kv.delete(d.key.clone(), Some(d.options())).await.map(|resp| norm.delete(&resp)),
         Req::Txn(t) => kv.txn(t.to_client()).await.map(|resp| norm.txn(&resp)),
         Req::Compact(c) => kv.compact(c.revision, Some(c.options())).await.map(|resp| norm.compact(&resp)),
+        Req::Lease(_) => panic!("lease requests are executed by `lease::execute` (they need the lease client)"),
     };
     match result {
         Ok(resp) => Outcome::Ok(resp),

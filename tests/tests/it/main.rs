@@ -5,6 +5,10 @@
 //!   field by field.
 //! - `etcdctl`: etcdctl 3.5.1 against Cairn, compared with etcd where output must match.
 //! - `crash`: kill -9 under concurrent writers, restart, every acknowledged write present.
+//! - `lease`: the Lease API: differential (errors, TTL limits, revoke's revision) and
+//!   etcdctl (grant/revoke/keep-alive/timetolive/list, expiry, restart).
+//! - `watch`: Watch streams compared response by response with etcd, `etcdctl watch`, the
+//!   watch guarantees under load (10,000 watchers, a stalled stream) and across a restart.
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
@@ -12,3 +16,5 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod harness;
+mod lease;
+mod watch;
