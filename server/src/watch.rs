@@ -81,6 +81,8 @@ struct WatcherInfo {
     spec: WatchSpec,
     prev_kv: bool,
     progress_notify: bool,
+    /// Split responses larger than `--max-request-bytes` (etcd's fragment option).
+    fragment: bool,
 }
 
 struct StreamTask {
@@ -90,7 +92,9 @@ struct StreamTask {
     sid: u64,
     require_leader: bool,
     by_hub: HashMap<WatcherId, WatcherInfo>,
-    by_watch_id: HashMap<i64, WatcherId>,
+    /// Client watch IDs in use. `None`: the server canceled the watcher (compaction); the
+    /// ID stays taken until the client cancels it, as in etcd.
+    by_watch_id: HashMap<i64, Option<WatcherId>>,
     next_watch_id: i64,
     /// A progress request arrived while some watcher was behind: answer when all caught up.
     progress_pending: bool,
@@ -121,12 +125,19 @@ impl StreamTask {
         let interval = self.ctx.watch_progress_notify_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut leader_check = tokio::time::interval(Duration::from_millis(500));
+        // A client may close its sending side and keep receiving (etcd keeps the watchers).
+        let mut inbound_open = true;
         loop {
             let step = tokio::select! {
-                req = inbound.message() => match req {
+                req = inbound.message(), if inbound_open => match req {
                     Ok(Some(r)) => self.handle(r).await,
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => {
+                        inbound_open = false;
+                        Ok(())
+                    }
+                    Err(_) => return,
                 },
+                _ = self.tx.closed() => return,
                 _ = self.notify.notified() => Ok(()),
                 _ = progress.tick() => self.progress_notify().await,
                 _ = leader_check.tick(), if self.require_leader => self.check_leader().await,
@@ -144,6 +155,33 @@ impl StreamTask {
         self.tx.send(Ok(r)).await.map_err(|_| Closed)
     }
 
+    /// Sends an events response, split as etcd splits it when the watcher asked for
+    /// fragments and the response is at least `--max-request-bytes`: every part but the last
+    /// has `fragment` set; a part holds one event at least.
+    async fn send_events(&self, r: pb::WatchResponse, fragment: bool) -> Result<(), Closed> {
+        use prost::Message;
+        let max = self.ctx.max_request_bytes;
+        if !fragment || r.events.len() < 2 || r.encoded_len() < max {
+            return self.send(r).await;
+        }
+        let mut rest = r.events.into_iter().peekable();
+        let base = pb::WatchResponse { events: Vec::new(), fragment: true, ..r };
+        while rest.peek().is_some() {
+            let mut part = base.clone();
+            while let Some(ev) = rest.peek() {
+                part.events.push(ev.clone());
+                if part.events.len() > 1 && part.encoded_len() >= max {
+                    part.events.pop();
+                    break;
+                }
+                rest.next();
+            }
+            part.fragment = rest.peek().is_some();
+            self.send(part).await?;
+        }
+        Ok(())
+    }
+
     fn header(&self, revision: Revision) -> pb::ResponseHeader {
         self.ctx.header(revision)
     }
@@ -153,9 +191,11 @@ impl StreamTask {
         match req.request_union {
             Some(U::CreateRequest(c)) => self.create(c).await,
             Some(U::CancelRequest(c)) => {
-                if let Some(hid) = self.by_watch_id.remove(&c.watch_id) {
-                    self.by_hub.remove(&hid);
-                    self.ctx.hub.remove(hid);
+                if let Some(entry) = self.by_watch_id.remove(&c.watch_id) {
+                    if let Some(hid) = entry {
+                        self.by_hub.remove(&hid);
+                        self.ctx.hub.remove(hid);
+                    }
                     let r = pb::WatchResponse {
                         header: Some(self.header(self.ctx.node.store().current_revision())),
                         watch_id: c.watch_id,
@@ -221,9 +261,18 @@ impl StreamTask {
         // The created response goes out before any event of the watcher.
         let r = pb::WatchResponse { header: Some(self.header(current)), watch_id, created: true, ..Default::default() };
         self.send(r).await?;
-        let Some(hid) = self.ctx.hub.add(self.sid, spec.clone(), start) else { return Err(Closed) };
-        self.by_watch_id.insert(watch_id, hid);
-        self.by_hub.insert(hid, WatcherInfo { watch_id, spec, prev_kv: c.prev_kv, progress_notify: c.progress_notify });
+        let Some(hid) = self.ctx.hub.add(self.sid, spec.clone(), start, c.start_revision) else { return Err(Closed) };
+        self.by_watch_id.insert(watch_id, Some(hid));
+        self.by_hub.insert(
+            hid,
+            WatcherInfo {
+                watch_id,
+                spec,
+                prev_kv: c.prev_kv,
+                progress_notify: c.progress_notify,
+                fragment: c.fragment,
+            },
+        );
         Ok(())
     }
 
@@ -298,7 +347,7 @@ impl StreamTask {
 
     async fn work(&mut self, hid: WatcherId) -> Result<(), Closed> {
         let Some(info) = self.by_hub.get(&hid) else { return Ok(()) };
-        let (watch_id, prev_kv) = (info.watch_id, info.prev_kv);
+        let (watch_id, prev_kv, fragment) = (info.watch_id, info.prev_kv, info.fragment);
         match self.ctx.hub.take(hid, MAX_EVENTS_PER_RESPONSE) {
             Take::Idle => Ok(()),
             Take::Events(deliveries) => {
@@ -310,7 +359,7 @@ impl StreamTask {
                         events,
                         ..Default::default()
                     };
-                    self.send(r).await?;
+                    self.send_events(r, fragment).await?;
                 }
                 Ok(())
             }
@@ -321,7 +370,7 @@ impl StreamTask {
     /// One bounded step of replaying the revision log for a watcher that is behind.
     async fn catch_up(&mut self, hid: WatcherId, next_rev: Revision) -> Result<(), Closed> {
         let Some(info) = self.by_hub.get(&hid) else { return Ok(()) };
-        let (watch_id, prev_kv, spec) = (info.watch_id, info.prev_kv, info.spec.clone());
+        let (watch_id, prev_kv, fragment, spec) = (info.watch_id, info.prev_kv, info.fragment, info.spec.clone());
         let store = self.ctx.node.store().clone();
         let read = tokio::task::block_in_place(|| -> Result<_, cairn_storage::StoreError> {
             let view = store.read()?;
@@ -347,7 +396,7 @@ impl StreamTask {
             }
             Ok(Err(compacted)) => {
                 self.by_hub.remove(&hid);
-                self.by_watch_id.remove(&watch_id);
+                self.by_watch_id.insert(watch_id, None);
                 self.ctx.hub.remove(hid);
                 let r = pb::WatchResponse {
                     header: Some(self.header(0)),
@@ -366,7 +415,7 @@ impl StreamTask {
                         events,
                         ..Default::default()
                     };
-                    self.send(r).await?;
+                    self.send_events(r, fragment).await?;
                 }
                 self.ctx.hub.caught_up(hid, next);
                 Ok(())

@@ -71,10 +71,22 @@ pub enum Take {
 struct Watcher {
     stream: StreamId,
     spec: WatchSpec,
+    /// The start revision the client asked for; 0 for "from now".
+    requested_start: Revision,
     next_rev: Revision,
     synced: bool,
     pending: VecDeque<Delivery>,
     pending_events: usize,
+}
+
+impl Watcher {
+    /// A progress notification at `published` is true for this watcher: it is synced, has
+    /// nothing queued, and the store has reached the start revision the client asked for
+    /// (a client resumes at the notified revision + 1, which must not be before the watch's
+    /// start: etcd#20221, fixed by etcd as "skip progress while startRev > current").
+    fn progress_ready(&self, published: Revision) -> bool {
+        self.synced && self.pending.is_empty() && self.requested_start <= published
+    }
 }
 
 struct StreamState {
@@ -136,9 +148,16 @@ impl WatchHub {
         }
     }
 
-    /// Registers a watcher that delivers every matching event of revision `>= start`.
+    /// Registers a watcher that delivers every matching event of revision `>= start`;
+    /// `requested_start` is the start revision the client gave (0 for "from now").
     /// Returns None if the stream is gone.
-    pub fn add(&self, stream: StreamId, spec: WatchSpec, start: Revision) -> Option<WatcherId> {
+    pub fn add(
+        &self,
+        stream: StreamId,
+        spec: WatchSpec,
+        start: Revision,
+        requested_start: Revision,
+    ) -> Option<WatcherId> {
         let mut g = self.lock();
         let id = g.next_id;
         let synced = start > g.published;
@@ -149,8 +168,18 @@ impl WatchHub {
             s.waker.wake_by_ref();
         }
         g.next_id += 1;
-        g.watchers
-            .insert(id, Watcher { stream, spec, next_rev: start, synced, pending: VecDeque::new(), pending_events: 0 });
+        g.watchers.insert(
+            id,
+            Watcher {
+                stream,
+                spec,
+                requested_start,
+                next_rev: start,
+                synced,
+                pending: VecDeque::new(),
+                pending_events: 0,
+            },
+        );
         Some(id)
     }
 
@@ -280,19 +309,21 @@ impl WatchHub {
         }
     }
 
-    /// Whether every watcher of `stream` is synced with nothing queued (etcd answers a
-    /// progress request only then).
+    /// Whether every watcher of `stream` is synced with nothing queued and has reached its
+    /// start revision (a progress request is answered only then).
     pub fn stream_synced(&self, stream: StreamId) -> bool {
         let g = self.lock();
         match g.streams.get(&stream) {
-            Some(s) => s.watchers.iter().all(|id| g.watchers.get(id).is_none_or(|w| w.synced && w.pending.is_empty())),
+            Some(s) => s.watchers.iter().all(|id| g.watchers.get(id).is_none_or(|w| w.progress_ready(g.published))),
             None => true,
         }
     }
 
-    /// Whether one watcher is synced with nothing queued (for periodic progress notify).
+    /// Whether one watcher may get a progress notification at the published revision now
+    /// (for periodic progress notify).
     pub fn watcher_synced(&self, id: WatcherId) -> bool {
-        self.lock().watchers.get(&id).is_some_and(|w| w.synced && w.pending.is_empty())
+        let g = self.lock();
+        g.watchers.get(&id).is_some_and(|w| w.progress_ready(g.published))
     }
 
     /// Number of registered watchers.
@@ -408,7 +439,7 @@ mod loom_model {
                 })
             };
             let spec = WatchSpec { key: b"k".to_vec(), range_end: Vec::new(), no_put: false, no_delete: false };
-            let id = hub.add(stream, spec, start).expect("stream open");
+            let id = hub.add(stream, spec, start, start).expect("stream open");
             let mut seen = Vec::new();
             // Work concurrently with the applier for a few steps...
             for _ in 0..3 {
