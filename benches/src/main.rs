@@ -7,6 +7,7 @@
 //! - [`options`]: the command line.
 //! - [`server`]: locating the binaries and running one single-node server as a child process.
 //! - [`workload`]: the workloads, their preloaded data and the concurrent runner.
+//! - [`fanout`]: the watch fan-out workload's own runner (watchers, a writer, delivery checks).
 //! - [`cpu`]: CPU used by the server and by the rest of the machine during a run.
 //! - [`stats`]: raw outcome of a run and its summary (ops/s, p50, p99, max).
 //! - [`report`]: the tables.
@@ -15,6 +16,7 @@
 //! 2 on a usage error.
 
 mod cpu;
+mod fanout;
 mod options;
 mod report;
 mod server;
@@ -26,12 +28,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, ConnectOptions, KvClient};
+use etcd_client::{Client, ConnectOptions};
 
 use options::{Invocation, Options, ServerKind};
 use report::{Resources, Row};
 use server::ServerProcess;
-use workload::{Fixture, Quota};
+use workload::{Fixture, Kind, Quota, RunSpec};
 
 /// Deadline of one gRPC call made outside the timed loops (preload, Status).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,9 +77,8 @@ struct Target {
     url: String,
     /// Set when this run started the server.
     process: Option<ServerProcess>,
-    /// `Options::connections` connections; the `Client`s are kept so that their channels live.
+    /// `Options::connections` connections.
     clients: Vec<Client>,
-    kvs: Vec<KvClient>,
     fixture: Option<Arc<Fixture>>,
 }
 
@@ -118,7 +119,6 @@ async fn run(opts: &Options) -> Result<bool, String> {
                 url: p.client_url.clone(),
                 process: Some(p),
                 clients: Vec::new(),
-                kvs: Vec::new(),
                 fixture: None,
             });
         }
@@ -129,7 +129,6 @@ async fn run(opts: &Options) -> Result<bool, String> {
                 url: e.url.clone(),
                 process: None,
                 clients: Vec::new(),
-                kvs: Vec::new(),
                 fixture: None,
             });
         }
@@ -140,10 +139,10 @@ async fn run(opts: &Options) -> Result<bool, String> {
     for t in &mut targets {
         for _ in 0..opts.connections {
             let c = connect(&t.url).await.map_err(|e| format!("{}: {e}", t.label))?;
-            t.kvs.push(c.kv_client());
             t.clients.push(c);
         }
-        let fixture = tokio::time::timeout(SETUP_TIMEOUT, Fixture::load(&t.kvs[0], &prefix, opts.value_size))
+        let kv = t.clients[0].kv_client();
+        let fixture = tokio::time::timeout(SETUP_TIMEOUT, Fixture::load(&kv, &prefix, opts.value_size))
             .await
             .map_err(|_| format!("{}: preloading the keys took more than {SETUP_TIMEOUT:?}", t.label))?
             .map_err(|e| format!("{}: {e}", t.label))?;
@@ -154,11 +153,16 @@ async fn run(opts: &Options) -> Result<bool, String> {
     if opts.clients > 1 {
         client_counts.push(opts.clients);
     }
+    let watcher_counts = opts.watcher_counts();
     eprintln!(
-        "cairn-bench: workloads {}; clients {:?} over {} connection(s); {}-byte values; {}",
+        "cairn-bench: workloads {}; clients {:?} over {} connection(s); watchers {:?} over {} stream(s); {} \
+         lease(s); {}-byte values; {}",
         opts.workloads.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
         client_counts,
         opts.connections,
+        watcher_counts,
+        opts.watch_streams,
+        opts.lease_count(),
         opts.value_size,
         match (opts.ops, opts.duration) {
             (Some(n), Some(d)) => format!("{n} ops or {d:?} per run, whichever comes first"),
@@ -172,7 +176,8 @@ async fn run(opts: &Options) -> Result<bool, String> {
     let mut rows = Vec::new();
     let mut run_id = 0;
     for &kind in &opts.workloads {
-        for &clients in &client_counts {
+        let counts = if kind == Kind::WatchFanout { &watcher_counts } else { &client_counts };
+        for &clients in counts {
             run_id += 1;
             let quota = match (opts.ops, opts.duration) {
                 (None, None) => Quota {
@@ -181,15 +186,22 @@ async fn run(opts: &Options) -> Result<bool, String> {
                 },
                 (ops, duration) => Quota { ops, duration },
             };
+            let spec =
+                RunSpec { kind, clients, quota, run_id, leases: opts.lease_count(), watch_streams: opts.watch_streams };
             for t in &mut targets {
-                let conns = if clients == 1 { &t.kvs[..1] } else { &t.kvs[..] };
+                let conns = if clients == 1 { &t.clients[..1] } else { &t.clients[..] };
                 let fixture = t.fixture.as_ref().expect("every target is preloaded before the runs");
                 let pid = t.process.as_ref().and_then(ServerProcess::pid);
-                let outcome = workload::run(kind, clients, quota, conns, fixture, run_id, pid).await;
+                let outcome = if kind == Kind::WatchFanout {
+                    fanout::run(spec, conns, fixture, pid).await
+                } else {
+                    workload::run(spec, conns, fixture, pid).await
+                };
                 let summary = outcome.summary();
                 eprintln!(
-                    "cairn-bench: {:<18} clients={:<4} {:<6} {:>8} ok {:>4} errors in {:>7.2}s",
+                    "cairn-bench: {:<18} {}={:<4} {:<6} {:>8} ok {:>4} errors in {:>7.2}s",
                     kind.name(),
+                    kind.count_label(),
                     clients,
                     t.label,
                     summary.ok,
@@ -236,6 +248,11 @@ async fn run(opts: &Options) -> Result<bool, String> {
         println!("== Cairn vs etcd (> 1 means Cairn better: throughput cairn/etcd, p99 latency etcd/cairn)");
         print!("{cmp}");
     }
+    if let Some(fan) = report::fanout_table(&rows) {
+        println!();
+        println!("== Watch fan-out: from a put's start until its LAST watcher had the event (milliseconds)");
+        print!("{fan}");
+    }
     println!();
     println!("== Servers at the end of the run");
     print!("{}", report::resources_table(&resources));
@@ -245,7 +262,14 @@ async fn run(opts: &Options) -> Result<bool, String> {
         println!();
         println!("== Errors");
         for r in &failed {
-            println!("{} clients={} {}: {} errors", r.kind.name(), r.clients, r.server, r.summary.errors);
+            println!(
+                "{} {}={} {}: {} errors",
+                r.kind.name(),
+                r.kind.count_label(),
+                r.clients,
+                r.server,
+                r.summary.errors
+            );
             for m in &r.summary.error_samples {
                 println!("  {m}");
             }

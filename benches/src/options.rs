@@ -59,6 +59,13 @@ pub struct Options {
     pub value_size: usize,
     /// Workloads to run, in this order.
     pub workloads: Vec<Kind>,
+    /// Watcher counts of the watch-fanout runs (one run per count). `None`: the default
+    /// (1, 100, 1000; with `--quick` 1 and 100).
+    pub watchers: Option<Vec<usize>>,
+    /// Watch streams the watchers of a watch-fanout run are spread over (at most one per watcher).
+    pub watch_streams: usize,
+    /// Leases of a lease-keepalive run (at least one per client). `None`: 100, with `--quick` 10.
+    pub leases: Option<usize>,
     /// Parent of the temporary data directories of started servers (default: the system temp dir).
     pub data_dir: Option<PathBuf>,
 }
@@ -75,8 +82,27 @@ impl Default for Options {
             connections: 4,
             value_size: 256,
             workloads: Kind::ALL.to_vec(),
+            watchers: None,
+            watch_streams: 10,
+            leases: None,
             data_dir: None,
         }
+    }
+}
+
+impl Options {
+    /// Watcher counts of the watch-fanout runs.
+    pub fn watcher_counts(&self) -> Vec<usize> {
+        match &self.watchers {
+            Some(w) => w.clone(),
+            None if self.quick => vec![1, 100],
+            None => vec![1, 100, 1000],
+        }
+    }
+
+    /// Leases granted by a lease-keepalive run (before raising it to the client count).
+    pub fn lease_count(&self) -> usize {
+        self.leases.unwrap_or(if self.quick { 10 } else { 100 })
     }
 }
 
@@ -107,7 +133,13 @@ Flags:
   --connections N         gRPC connections shared by the concurrent clients (default 4)
   --value-size BYTES      size of every value written (default 256)
   --workloads LIST        comma-separated subset of: put,range-linearizable,range-serializable,
-                          txn,list (default: all)
+                          txn,list,watch-fanout,lease-keepalive (default: all)
+  --watchers LIST         watcher counts of the watch-fanout runs, one run each
+                          (default 1,100,1000; with --quick 1,100)
+  --watch-streams N       watch streams the watchers of a run are spread over, on the
+                          --connections connections (default 10)
+  --leases N              leases of a lease-keepalive run, at least one per client
+                          (default 100; with --quick 10)
   --data-dir DIR          parent of the temporary server data dirs (default: $TMPDIR or /tmp)
   -h, --help              this text
 
@@ -159,6 +191,27 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                     .split(',')
                     .map(|w| Kind::parse(w.trim()).ok_or_else(|| format!("unknown workload {w:?}")))
                     .collect::<Result<_, _>>()?
+            }
+            "--watchers" => {
+                let v = value()?;
+                let counts = v
+                    .split(',')
+                    .map(|w| match w.trim().parse::<usize>() {
+                        Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+                        _ => Err(format!("--watchers takes counts in 1..=100000, not {w:?}")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                o.watchers = Some(counts);
+            }
+            "--watch-streams" => {
+                o.watch_streams = usize::try_from(positive(flag, &value()?)?).map_err(|e| e.to_string())?
+            }
+            "--leases" => {
+                let n = positive(flag, &value()?)?;
+                if n > 100_000 {
+                    return Err("--leases is limited to 100000".into());
+                }
+                o.leases = Some(n as usize);
             }
             "--data-dir" => o.data_dir = Some(PathBuf::from(value()?)),
             _ => return Err(format!("unknown flag: {arg}")),
@@ -258,6 +311,18 @@ mod tests {
         assert!(run(&["--only", "zk"]).is_err());
         assert!(run(&["--workloads", "put,nope"]).is_err());
         assert!(run(&["--duration", "-1"]).is_err());
+        assert!(run(&["--watchers", "1,0"]).is_err());
+        assert!(run(&["--watch-streams", "0"]).is_err());
+    }
+
+    #[test]
+    fn watch_and_lease_flags() {
+        let o = run(&["--watchers", "1, 10,1000", "--watch-streams=4", "--leases", "7"]).unwrap();
+        assert_eq!(o.watcher_counts(), vec![1, 10, 1000]);
+        assert_eq!((o.watch_streams, o.lease_count()), (4, 7));
+        assert_eq!(run(&[]).unwrap().watcher_counts(), vec![1, 100, 1000]);
+        assert_eq!(run(&["--quick"]).unwrap().watcher_counts(), vec![1, 100]);
+        assert_eq!(run(&["--quick"]).unwrap().lease_count(), 10);
     }
 
     #[test]

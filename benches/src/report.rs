@@ -92,12 +92,20 @@ pub fn results_table(rows: &[Row]) -> String {
         "(srv cpu: cores used by the server during the run; other cpu: cores used by every other process \
          except this bench)"
     );
+    if rows.iter().any(|r| r.kind == Kind::WatchFanout) {
+        let _ = writeln!(
+            out,
+            "(watch-fanout: clients = watchers, ops = events delivered to a watcher, latency = from the put's \
+             start until that watcher had the event)"
+        );
+    }
     if let Some((r, o)) = noisiest.filter(|(_, o)| *o > NOISY_OTHER_CORES) {
         let _ = writeln!(
             out,
-            "WARNING: other processes competed for the CPU (up to {o:.2} cores, during {} clients={} {}): \
+            "WARNING: other processes competed for the CPU (up to {o:.2} cores, during {} {}={} {}): \
              these figures are noisy; rerun on a quiet machine",
             r.kind.name(),
+            r.kind.count_label(),
             r.clients,
             r.server
         );
@@ -171,6 +179,48 @@ pub fn comparison_table(rows: &[Row]) -> Option<String> {
     Some(out)
 }
 
+/// The watch fan-out runs' per-put figures: how long until the last watcher had a put's event
+/// (only puts that reached every watcher count), with the p99 ratio etcd/cairn (> 1 means
+/// Cairn's slowest watcher was served sooner). `None` without a fan-out run.
+pub fn fanout_table(rows: &[Row]) -> Option<String> {
+    let fan: Vec<&Row> = rows.iter().filter(|r| r.kind == Kind::WatchFanout).collect();
+    if fan.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>15}",
+        "watchers", "server", "puts", "puts/s", "p50 ms", "p99 ms", "max ms", "p99 etcd/cairn"
+    );
+    for r in &fan {
+        let Some(l) = r.summary.last_delivery else { continue };
+        let secs = r.summary.elapsed.as_secs_f64();
+        let vs_etcd = if r.server == "cairn" {
+            fan.iter()
+                .find(|e| e.server == "etcd" && e.clients == r.clients)
+                .and_then(|e| e.summary.last_delivery)
+                .and_then(|e| ratio(e.p99.as_secs_f64(), l.p99.as_secs_f64()))
+                .map_or_else(String::new, |x| format!("{x:.2}"))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<8} {:>8} {:>8.0} {:>9} {:>9} {:>9} {:>15}",
+            r.clients,
+            r.server,
+            l.count,
+            if secs > 0.0 { l.count as f64 / secs } else { 0.0 },
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max),
+            vs_etcd
+        );
+    }
+    Some(out)
+}
+
 /// Peak RSS and db size of each server, with the etcd/cairn ratio of peak RSS (> 1 means Cairn
 /// used less memory).
 pub fn resources_table(res: &[Resources]) -> String {
@@ -220,6 +270,7 @@ mod tests {
             p50: Duration::from_millis(1),
             p99: Duration::from_millis(p99_ms),
             max: Duration::from_millis(p99_ms),
+            last_delivery: None,
         }
     }
 
@@ -233,6 +284,27 @@ mod tests {
         let fields: Vec<&str> = t.lines().nth(1).expect("a row").split_whitespace().collect();
         // workload clients etcd-ops/s cairn-ops/s cairn/etcd etcd-p99 cairn-p99 p99-etcd/cairn
         assert_eq!(fields, ["put", "1", "100", "300", "3.00", "8.00", "2.00", "4.00"]);
+    }
+
+    #[test]
+    fn fanout_table_has_the_last_watcher_ratio_on_cairn_rows() {
+        let mut rows = Vec::new();
+        for (server, p99_ms) in [("etcd", 6), ("cairn", 3)] {
+            let mut s = summary(1000.0, 1);
+            s.last_delivery = Some(crate::stats::Percentiles {
+                count: 10,
+                p50: Duration::from_millis(1),
+                p99: Duration::from_millis(p99_ms),
+                max: Duration::from_millis(p99_ms),
+            });
+            rows.push(Row { kind: Kind::WatchFanout, clients: 100, server: server.into(), summary: s });
+        }
+        let t = fanout_table(&rows).expect("a fan-out ran");
+        let lines: Vec<Vec<&str>> = t.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+        // watchers server puts puts/s p50 p99 max [p99 etcd/cairn]
+        assert_eq!(lines[0], ["100", "etcd", "10", "10", "1.00", "6.00", "6.00"]);
+        assert_eq!(lines[1], ["100", "cairn", "10", "10", "1.00", "3.00", "3.00", "2.00"]);
+        assert!(fanout_table(&rows[..0]).is_none());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct RunOutcome {
     pub elapsed: Duration,
     /// CPU used over `elapsed`.
     pub cpu: CpuUse,
+    /// Watch fan-out only: for every put that reached every watcher, the time from the put's
+    /// start until the last watcher had its event, in nanoseconds.
+    pub last_delivery_ns: Option<Vec<u64>>,
 }
 
 /// At most this many distinct error messages are kept per run.
@@ -24,7 +27,12 @@ const MAX_ERROR_SAMPLES: usize = 5;
 
 impl RunOutcome {
     pub fn record_error(&mut self, message: String) {
-        self.errors += 1;
+        self.record_errors(1, message);
+    }
+
+    /// Counts `n` failed ops that share one message.
+    pub fn record_errors(&mut self, n: u64, message: String) {
+        self.errors += n;
         if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(&message) {
             self.error_samples.push(message);
         }
@@ -42,20 +50,41 @@ impl RunOutcome {
     }
 
     pub fn summary(mut self) -> Summary {
-        self.latencies_ns.sort_unstable();
-        let l = &self.latencies_ns;
-        let ok = l.len() as u64;
+        let lat = Percentiles::of(&mut self.latencies_ns);
         let secs = self.elapsed.as_secs_f64();
         Summary {
-            ok,
+            ok: lat.count,
             errors: self.errors,
             error_samples: self.error_samples,
             elapsed: self.elapsed,
             cpu: self.cpu,
-            ops_per_sec: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
-            p50: percentile(l, 0.50),
-            p99: percentile(l, 0.99),
-            max: l.last().map(|&n| Duration::from_nanos(n)).unwrap_or_default(),
+            ops_per_sec: if secs > 0.0 { lat.count as f64 / secs } else { 0.0 },
+            p50: lat.p50,
+            p99: lat.p99,
+            max: lat.max,
+            last_delivery: self.last_delivery_ns.as_mut().map(|l| Percentiles::of(l)),
+        }
+    }
+}
+
+/// Count and nearest-rank percentiles of a set of durations.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Percentiles {
+    /// Of these nanoseconds (sorted in place).
+    pub fn of(ns: &mut [u64]) -> Percentiles {
+        ns.sort_unstable();
+        Percentiles {
+            count: ns.len() as u64,
+            p50: percentile(ns, 0.50),
+            p99: percentile(ns, 0.99),
+            max: ns.last().map(|&n| Duration::from_nanos(n)).unwrap_or_default(),
         }
     }
 }
@@ -83,6 +112,8 @@ pub struct Summary {
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
+    /// Watch fan-out only: time from a put's start until its last watcher had the event.
+    pub last_delivery: Option<Percentiles>,
 }
 
 #[cfg(test)]

@@ -2,13 +2,19 @@
 //! drives N concurrent clients over a few shared gRPC connections and times every op.
 //!
 //! Every op checks its response (a Range finds its key with a value of the written size, a
-//! list page holds `LIST_LIMIT` keys and says `more`, a kube-style txn succeeds): an answer that
-//! does not hold what it must counts as an error, like a gRPC error or a timeout.
+//! list page holds `LIST_LIMIT` keys and says `more`, a kube-style txn succeeds, a keep-alive
+//! answers its lease with the granted TTL): an answer that does not hold what it must counts as
+//! an error, like a gRPC error or a timeout.
+//!
+//! The watch fan-out workload has a runner of its own, in [`crate::fanout`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, Txn, TxnOp,
+    TxnOpResponse,
+};
 use tokio::sync::Barrier;
 
 use crate::cpu;
@@ -31,6 +37,9 @@ pub const DEFAULT_RUN_CAP: Duration = Duration::from_secs(4);
 pub const QUICK_RUN_CAP: Duration = Duration::from_secs(1);
 /// An op that takes longer than this is counted as an error (a stall) and the client moves on.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// TTL of the leases the keep-alive workload grants (they are revoked at the end of each run;
+/// this only matters if the bench is killed).
+pub const LEASE_TTL_SECS: i64 = 60;
 /// Multiplier that spreads a client's successive reads over the preloaded keys (a prime, so
 /// coprime with `READ_KEYS`).
 const READ_STRIDE: usize = 7919;
@@ -48,10 +57,23 @@ pub enum Kind {
     Txn,
     /// First page (limit `LIST_LIMIT`) of a linearizable range over a prefix of `LIST_KEYS` keys.
     List,
+    /// Watch fan-out: N watchers on one prefix, one writer; one op is one event delivered to
+    /// one watcher (see [`crate::fanout`]). Its "clients" are the watchers.
+    WatchFanout,
+    /// One LeaseKeepAlive request on a lease's stream and its response.
+    LeaseKeepAlive,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Put, Kind::RangeLinearizable, Kind::RangeSerializable, Kind::Txn, Kind::List];
+    pub const ALL: [Kind; 7] = [
+        Kind::Put,
+        Kind::RangeLinearizable,
+        Kind::RangeSerializable,
+        Kind::Txn,
+        Kind::List,
+        Kind::WatchFanout,
+        Kind::LeaseKeepAlive,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -60,6 +82,17 @@ impl Kind {
             Kind::RangeSerializable => "range-serializable",
             Kind::Txn => "txn",
             Kind::List => "list",
+            Kind::WatchFanout => "watch-fanout",
+            Kind::LeaseKeepAlive => "lease-keepalive",
+        }
+    }
+
+    /// What the client count of a run of this workload counts.
+    pub fn count_label(self) -> &'static str {
+        if self == Kind::WatchFanout {
+            "watchers"
+        } else {
+            "clients"
         }
     }
 
@@ -68,21 +101,27 @@ impl Kind {
     }
 
     /// Ops of one run when neither `--ops` nor `--duration` is given (such runs are also capped
-    /// at `DEFAULT_RUN_CAP`, so that the whole default run stays within two minutes on two
-    /// cores however slow a server is).
+    /// at `DEFAULT_RUN_CAP`, so that the whole default run stays within two and a half minutes
+    /// on two cores however slow a server is). For `WatchFanout` the ops are the writer's puts
+    /// and `clients` is the watcher count.
     pub fn default_ops(self, clients: usize, quick: bool) -> u64 {
         let concurrent = clients > 1;
+        if self == Kind::WatchFanout {
+            // About 200 000 deliveries at most, and never fewer than 100 puts.
+            return if quick { 20 } else { (200_000 / clients as u64).clamp(100, 2_000) };
+        }
         match (quick, concurrent, self) {
             (true, false, Kind::List) => 10,
             (true, false, _) => 20,
             (true, true, Kind::List) => 50,
             (true, true, _) => 200,
             (false, false, Kind::Put | Kind::Txn) => 2_000,
-            (false, false, Kind::RangeLinearizable | Kind::RangeSerializable) => 5_000,
+            (false, false, Kind::RangeLinearizable | Kind::RangeSerializable | Kind::LeaseKeepAlive) => 5_000,
             (false, false, Kind::List) => 300,
             (false, true, Kind::Put | Kind::Txn) => 20_000,
-            (false, true, Kind::RangeLinearizable | Kind::RangeSerializable) => 50_000,
+            (false, true, Kind::RangeLinearizable | Kind::RangeSerializable | Kind::LeaseKeepAlive) => 50_000,
             (false, true, Kind::List) => 1_000,
+            (false, _, Kind::WatchFanout) => unreachable!("handled above"),
         }
     }
 }
@@ -95,6 +134,31 @@ pub struct Quota {
     pub ops: Option<u64>,
     /// Every client stops starting new ops once this much time has passed.
     pub duration: Option<Duration>,
+}
+
+/// One run of a workload against one server.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSpec {
+    pub kind: Kind,
+    /// Concurrent clients (for `WatchFanout`: watchers).
+    pub clients: usize,
+    pub quota: Quota,
+    /// Distinguishes the keys of the runs of one bench run.
+    pub run_id: usize,
+    /// `LeaseKeepAlive`: leases granted for the run (at least one per client), spread over the
+    /// clients (lease `l` belongs to client `l % clients`).
+    pub leases: usize,
+    /// `WatchFanout`: gRPC watch streams the watchers are spread over.
+    pub watch_streams: usize,
+}
+
+/// An etcd-client error in one line; for a gRPC status, its code and message (such as
+/// `Unimplemented: ...`).
+pub fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        e => e.to_string(),
+    }
 }
 
 /// Data loaded into one server before the workloads run, and the key space of this bench run.
@@ -131,7 +195,7 @@ impl Fixture {
 }
 
 /// A value of `size` bytes that differs from op to op (its first bytes are `seed`).
-fn value(size: usize, seed: u64) -> Vec<u8> {
+pub fn value(size: usize, seed: u64) -> Vec<u8> {
     let mut v: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let s = seed.to_le_bytes();
     let n = s.len().min(size);
@@ -141,23 +205,44 @@ fn value(size: usize, seed: u64) -> Vec<u8> {
 
 /// What one client of a run remembers between its ops.
 enum ClientState {
-    Put { key_prefix: String, value_size: usize },
-    Range { keys: Arc<Vec<Vec<u8>>>, offset: usize, options: GetOptions, value_size: usize },
-    Txn { keys: Vec<Vec<u8>>, mod_revisions: Vec<i64>, value_size: usize },
-    List { prefix: String },
+    Put {
+        key_prefix: String,
+        value_size: usize,
+    },
+    Range {
+        keys: Arc<Vec<Vec<u8>>>,
+        offset: usize,
+        options: GetOptions,
+        value_size: usize,
+    },
+    Txn {
+        keys: Vec<Vec<u8>>,
+        mod_revisions: Vec<i64>,
+        value_size: usize,
+    },
+    List {
+        prefix: String,
+    },
+    /// Each lease with its keep-alive stream and granted TTL; op `i` renews lease `i % len`.
+    Lease {
+        leases: Vec<(LeaseKeeper, LeaseKeepAliveStream, i64)>,
+    },
 }
 
 impl ClientState {
-    /// Prepares client `client` of run `run_id` (for the txn workload: creates its keys and
-    /// remembers their mod_revision).
+    /// Prepares client `client` of a run (for the txn workload: creates its keys and remembers
+    /// their mod_revision; for the lease workload: grants its leases and opens one keep-alive
+    /// stream per lease).
     async fn new(
-        kind: Kind,
+        spec: &RunSpec,
         fixture: &Fixture,
-        run_id: usize,
         client: usize,
         kv: &mut KvClient,
+        lease: &mut LeaseClient,
     ) -> Result<Self, String> {
         let p = &fixture.prefix;
+        let run_id = spec.run_id;
+        let kind = spec.kind;
         Ok(match kind {
             Kind::Put => {
                 ClientState::Put { key_prefix: format!("{p}put/{run_id}/{client:05}/"), value_size: fixture.value_size }
@@ -186,7 +271,43 @@ impl ClientState {
                 ClientState::Txn { keys, mod_revisions, value_size: fixture.value_size }
             }
             Kind::List => ClientState::List { prefix: fixture.list_prefix.clone() },
+            Kind::LeaseKeepAlive => {
+                let mut leases = Vec::new();
+                for _ in (client..spec.leases.max(spec.clients)).step_by(spec.clients) {
+                    let granted = lease
+                        .grant(LEASE_TTL_SECS, None)
+                        .await
+                        .map_err(|e| format!("lease grant: {}", describe(&e)))?;
+                    if !granted.error().is_empty() || granted.ttl() <= 0 {
+                        return Err(format!(
+                            "lease grant: ttl {} error {:?} (asked for {LEASE_TTL_SECS})",
+                            granted.ttl(),
+                            granted.error()
+                        ));
+                    }
+                    // Sends a first keep-alive and waits for its answer.
+                    let (keeper, stream) = lease
+                        .keep_alive(granted.id())
+                        .await
+                        .map_err(|e| format!("lease keep-alive stream: {}", describe(&e)))?;
+                    leases.push((keeper, stream, granted.ttl()));
+                }
+                ClientState::Lease { leases }
+            }
+            Kind::WatchFanout => unreachable!("watch-fanout has its own runner (crate::fanout)"),
         })
+    }
+
+    /// Undoes what `new` set up that would outlive the run (the leases: revoked).
+    async fn teardown(self, lease: &mut LeaseClient) -> Result<(), String> {
+        if let ClientState::Lease { leases } = self {
+            for (keeper, stream, _) in leases {
+                let id = keeper.id();
+                drop((keeper, stream));
+                lease.revoke(id).await.map_err(|e| format!("lease revoke {id:x}: {}", describe(&e)))?;
+            }
+        }
+        Ok(())
     }
 
     /// The `i`th op of this client; `Err` when it fails or its answer is wrong.
@@ -248,66 +369,90 @@ impl ClientState {
                 }
                 Ok(())
             }
+            ClientState::Lease { leases } => {
+                let n = leases.len();
+                let (keeper, stream, ttl) = &mut leases[i as usize % n];
+                keeper.keep_alive().await.map_err(|e| format!("keep-alive send: {}", describe(&e)))?;
+                match stream.message().await.map_err(|e| format!("keep-alive: {}", describe(&e)))? {
+                    Some(r) if r.id() == keeper.id() && r.ttl() == *ttl => Ok(()),
+                    Some(r) => Err(format!(
+                        "keep-alive: expected lease {:x} with ttl {ttl}, got lease {:x} with ttl {}",
+                        keeper.id(),
+                        r.id(),
+                        r.ttl()
+                    )),
+                    None => Err("keep-alive: the server ended the stream".to_string()),
+                }
+            }
         }
     }
 }
 
-/// Runs `kind` with `clients` concurrent clients; client `c` uses connection `c % conns.len()`.
-/// Every client prepares first (not timed); the clock starts when all are ready. The CPU used
-/// by the server `server_pid` (when known) and by the rest of the machine is measured over the
-/// same interval.
-pub async fn run(
-    kind: Kind,
-    clients: usize,
-    quota: Quota,
-    conns: &[KvClient],
-    fixture: &Arc<Fixture>,
-    run_id: usize,
-    server_pid: Option<u32>,
-) -> RunOutcome {
+/// Runs `spec.kind` with `spec.clients` concurrent clients; client `c` uses connection
+/// `c % conns.len()`. Every client prepares first (not timed); the clock starts when all are
+/// ready and stops when the last one has done its ops; then the clients undo their setup (not
+/// timed). The CPU used by the server `server_pid` (when known) and by the rest of the machine
+/// is measured over the timed interval.
+pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Arc<Fixture>, server_pid: Option<u32>) -> RunOutcome {
+    let RunSpec { kind, clients, quota, .. } = spec;
     assert!(clients > 0 && !conns.is_empty(), "a run needs clients ({clients}) and connections ({})", conns.len());
     assert!(quota.ops.is_some() || quota.duration.is_some(), "a run needs an op count or a duration: {quota:?}");
-    let barrier = Arc::new(Barrier::new(clients + 1));
+    let start_barrier = Arc::new(Barrier::new(clients + 1));
+    let end_barrier = Arc::new(Barrier::new(clients + 1));
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
-        let mut kv = conns[c % conns.len()].clone();
-        let barrier = barrier.clone();
+        let conn = &conns[c % conns.len()];
+        let (mut kv, mut lease) = (conn.kv_client(), conn.lease_client());
+        let (start_barrier, end_barrier) = (start_barrier.clone(), end_barrier.clone());
         let fixture = fixture.clone();
         let ops = quota.ops.map(|n| n / clients as u64 + u64::from((c as u64) < n % clients as u64));
         tasks.push(tokio::spawn(async move {
             let mut out = RunOutcome::default();
-            let state = ClientState::new(kind, &fixture, run_id, c, &mut kv).await;
-            barrier.wait().await;
+            let state = ClientState::new(&spec, &fixture, c, &mut kv, &mut lease).await;
+            start_barrier.wait().await;
             let mut state = match state {
-                Ok(s) => s,
+                Ok(s) => Some(s),
                 Err(e) => {
                     out.record_error(e);
-                    return out;
+                    None
                 }
             };
-            let end = quota.duration.map(|d| Instant::now() + d);
-            out.latencies_ns.reserve(ops.unwrap_or(1024) as usize);
-            let mut i = 0u64;
-            loop {
-                match (ops, end) {
-                    (Some(n), _) if i >= n => break,
-                    (_, Some(end)) if Instant::now() >= end => break,
-                    _ => {}
+            if let Some(state) = state.as_mut() {
+                let end = quota.duration.map(|d| Instant::now() + d);
+                out.latencies_ns.reserve(ops.unwrap_or(1024) as usize);
+                let mut i = 0u64;
+                loop {
+                    match (ops, end) {
+                        (Some(n), _) if i >= n => break,
+                        (_, Some(end)) if Instant::now() >= end => break,
+                        _ => {}
+                    }
+                    let t0 = Instant::now();
+                    match tokio::time::timeout(OP_TIMEOUT, state.op(&mut kv, i)).await {
+                        Ok(Ok(())) => out.latencies_ns.push(t0.elapsed().as_nanos() as u64),
+                        Ok(Err(e)) => out.record_error(e),
+                        Err(_) => out.record_error(format!("{}: no answer within {OP_TIMEOUT:?}", kind.name())),
+                    }
+                    i += 1;
                 }
-                let t0 = Instant::now();
-                match tokio::time::timeout(OP_TIMEOUT, state.op(&mut kv, i)).await {
-                    Ok(Ok(())) => out.latencies_ns.push(t0.elapsed().as_nanos() as u64),
+            }
+            end_barrier.wait().await;
+            if let Some(state) = state {
+                match tokio::time::timeout(OP_TIMEOUT, state.teardown(&mut lease)).await {
+                    Ok(Ok(())) => {}
                     Ok(Err(e)) => out.record_error(e),
-                    Err(_) => out.record_error(format!("{}: no answer within {OP_TIMEOUT:?}", kind.name())),
+                    Err(_) => out.record_error(format!("{}: teardown took more than {OP_TIMEOUT:?}", kind.name())),
                 }
-                i += 1;
             }
             out
         }));
     }
-    barrier.wait().await;
+    start_barrier.wait().await;
     let cpu_before = cpu::sample(server_pid);
     let start = Instant::now();
+    end_barrier.wait().await;
+    let elapsed = start.elapsed();
+    let cpu_after = cpu::sample(server_pid);
     let mut total = RunOutcome::default();
     for t in tasks {
         match t.await {
@@ -315,8 +460,8 @@ pub async fn run(
             Err(e) => total.record_error(format!("client task failed: {e}")),
         }
     }
-    total.elapsed = start.elapsed();
-    total.cpu = cpu::usage(cpu_before, cpu::sample(server_pid), total.elapsed);
+    total.elapsed = elapsed;
+    total.cpu = cpu::usage(cpu_before, cpu_after, elapsed);
     total
 }
 
@@ -329,6 +474,14 @@ mod tests {
         for k in Kind::ALL {
             assert_eq!(Kind::parse(k.name()), Some(k));
         }
+    }
+
+    #[test]
+    fn fanout_puts_shrink_with_the_watchers() {
+        assert_eq!(Kind::WatchFanout.default_ops(1, false), 2_000);
+        assert_eq!(Kind::WatchFanout.default_ops(1000, false), 200);
+        assert_eq!(Kind::WatchFanout.default_ops(100_000, false), 100);
+        assert_eq!(Kind::WatchFanout.default_ops(1000, true), 20);
     }
 
     #[test]

@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 
 /// A quick run takes a few seconds; past this it is hung and is killed.
 const HANG_GUARD: Duration = Duration::from_secs(120);
-const WORKLOADS: [&str; 5] = ["put", "range-linearizable", "range-serializable", "txn", "list"];
+/// Every workload runs with 1 and 100 clients (watch-fanout: watchers) in a quick run.
+const WORKLOADS: [&str; 7] =
+    ["put", "range-linearizable", "range-serializable", "txn", "list", "watch-fanout", "lease-keepalive"];
+const CLIENT_COUNTS: [&str; 2] = ["1", "100"];
+const SERVERS: [&str; 2] = ["etcd", "cairn"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("benches/ has a parent directory").to_path_buf()
@@ -97,9 +101,14 @@ fn quick_bench_against_etcd_and_cairn_has_no_failed_op() {
         .take_while(|l| !l.trim().is_empty())
         .map(|l| l.split_whitespace().collect())
         .collect();
+    assert_eq!(
+        rows.iter().filter(|r| r.len() == 11 && r[3].parse::<u64>().is_ok()).count(),
+        WORKLOADS.len() * CLIENT_COUNTS.len() * SERVERS.len(),
+        "expected one result row per workload, client count and server: {context}"
+    );
     for workload in WORKLOADS {
-        for clients in ["1", "100"] {
-            for server in ["etcd", "cairn"] {
+        for clients in CLIENT_COUNTS {
+            for server in SERVERS {
                 let row = rows
                     .iter()
                     .find(|r| r.len() == 11 && r[0] == workload && r[1] == clients && r[2] == server)
@@ -111,5 +120,6 @@ fn quick_bench_against_etcd_and_cairn_has_no_failed_op() {
         }
     }
     assert!(stdout.contains("== Cairn vs etcd"), "no comparison table: {context}");
+    assert!(stdout.contains("== Watch fan-out"), "no watch fan-out table: {context}");
     eprintln!("cairn-bench --quick took {:.1}s", started.elapsed().as_secs_f64());
 }

@@ -135,6 +135,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             }
         }));
     }
+    // Revisions applied before the listener was attached were not published, but are in
+    // storage: watchers that start at or below them catch up from there.
+    hub.mark_published(node.store().current_revision());
     // A compaction interrupted by a crash resumes now.
     compactor.notify_one();
     tokio::spawn(context::compactor_loop(node.clone(), compactor.clone()));

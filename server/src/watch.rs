@@ -300,15 +300,14 @@ impl StreamTask {
 
     /// Periodic progress notifications for watchers that asked for them and are caught up.
     async fn progress_notify(&mut self) -> Result<(), Closed> {
-        let published = self.ctx.hub.published();
-        let due: Vec<i64> = self
+        let due: Vec<(i64, Revision)> = self
             .by_hub
             .iter()
-            .filter(|(hid, w)| w.progress_notify && self.ctx.hub.watcher_synced(**hid))
-            .map(|(_, w)| w.watch_id)
+            .filter(|(_, w)| w.progress_notify)
+            .filter_map(|(hid, w)| self.ctx.hub.watcher_progress(*hid).map(|rev| (w.watch_id, rev)))
             .collect();
-        for watch_id in due {
-            let r = pb::WatchResponse { header: Some(self.header(published)), watch_id, ..Default::default() };
+        for (watch_id, rev) in due {
+            let r = pb::WatchResponse { header: Some(self.header(rev)), watch_id, ..Default::default() };
             self.send(r).await?;
         }
         Ok(())
@@ -327,14 +326,10 @@ impl StreamTask {
             }
             tokio::task::yield_now().await;
         }
-        if self.progress_pending && self.ctx.hub.stream_synced(self.sid) {
+        if let Some(rev) = self.progress_pending.then(|| self.ctx.hub.stream_progress(self.sid)).flatten() {
             self.progress_pending = false;
-            // Every watcher of the stream was handed all events up to `published`.
-            let r = pb::WatchResponse {
-                header: Some(self.header(self.ctx.hub.published())),
-                watch_id: -1,
-                ..Default::default()
-            };
+            // Every watcher of the stream was handed all events up to `rev`.
+            let r = pb::WatchResponse { header: Some(self.header(rev)), watch_id: -1, ..Default::default() };
             self.send(r).await?;
         }
         // More work left after the rounds: come back without waiting for a new wake.

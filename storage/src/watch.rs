@@ -25,6 +25,14 @@ use crate::sync::Mutex;
 use crate::types::*;
 
 pub type WatcherId = u64;
+
+/// Approximate memory of a queued event.
+fn event_bytes(e: &Event) -> usize {
+    e.kv.key.len() + e.kv.value.len() + 64
+}
+
+/// Bytes a synced watcher may have queued before it drops to catching up.
+pub const MAX_PENDING_BYTES: usize = 16 << 20;
 pub type StreamId = u64;
 
 /// What a watcher watches.
@@ -77,6 +85,8 @@ struct Watcher {
     synced: bool,
     pending: VecDeque<Delivery>,
     pending_events: usize,
+    /// Approximate bytes of `pending`.
+    pending_bytes: usize,
 }
 
 impl Watcher {
@@ -178,6 +188,7 @@ impl WatchHub {
                 synced,
                 pending: VecDeque::new(),
                 pending_events: 0,
+                pending_bytes: 0,
             },
         );
         Some(id)
@@ -219,12 +230,14 @@ impl WatchHub {
                     continue;
                 }
                 w.pending_events += matching.len();
+                w.pending_bytes += matching.iter().map(event_bytes).sum::<usize>();
                 w.pending.push_back(Delivery { revision, events: matching });
-                if w.pending_events > self.max_pending_events {
+                if w.pending_events > self.max_pending_events || w.pending_bytes > MAX_PENDING_BYTES {
                     // Too far behind: drop the queue, replay from storage later.
                     w.synced = false;
                     w.pending.clear();
                     w.pending_events = 0;
+                    w.pending_bytes = 0;
                 }
                 if let Some(s) = streams.get_mut(&w.stream) {
                     if s.dirty.insert(*id) {
@@ -268,6 +281,8 @@ impl WatchHub {
             }
             let d = w.pending.pop_front().expect("front exists");
             n += d.events.len();
+            let bytes: usize = d.events.iter().map(event_bytes).sum();
+            w.pending_bytes = w.pending_bytes.saturating_sub(bytes);
             w.next_rev = d.revision + 1;
             out.push(d);
         }
@@ -309,14 +324,30 @@ impl WatchHub {
         }
     }
 
-    /// Whether every watcher of `stream` is synced with nothing queued and has reached its
-    /// start revision (a progress request is answered only then).
-    pub fn stream_synced(&self, stream: StreamId) -> bool {
+    /// The revision a progress response for the whole stream may carry now, if every
+    /// watcher of `stream` is synced with nothing queued and has reached its start revision
+    /// (a progress request is answered only then). Decided under one lock, so no revision
+    /// can be published between the check and the revision it returns.
+    pub fn stream_progress(&self, stream: StreamId) -> Option<Revision> {
         let g = self.lock();
-        match g.streams.get(&stream) {
+        let ready = match g.streams.get(&stream) {
             Some(s) => s.watchers.iter().all(|id| g.watchers.get(id).is_none_or(|w| w.progress_ready(g.published))),
             None => true,
-        }
+        };
+        ready.then_some(g.published)
+    }
+
+    /// Like [`WatchHub::stream_progress`] for one watcher (periodic progress notify).
+    pub fn watcher_progress(&self, id: WatcherId) -> Option<Revision> {
+        let g = self.lock();
+        g.watchers.get(&id).filter(|w| w.progress_ready(g.published)).map(|_| g.published)
+    }
+
+    /// Raises the published revision to `revision` (start-up: everything up to the store's
+    /// current revision is in storage, whether or not it was published).
+    pub fn mark_published(&self, revision: Revision) {
+        let mut g = self.lock();
+        g.published = g.published.max(revision);
     }
 
     /// Whether one watcher may get a progress notification at the published revision now
@@ -378,7 +409,8 @@ impl ReadView {
 
     /// The key's live value at revision `rev`, if any (a watch event's prev_kv).
     pub fn get_at(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StoreError> {
-        if rev < 1 {
+        // Below the compacted revision there is no answer (etcd leaves prev_kv out then).
+        if rev < 1 || rev < self.compact_revision() {
             return Ok(None);
         }
         let (index, revs) = self.tables();

@@ -448,7 +448,11 @@ impl WatchRun {
     pub async fn compact(&mut self, revision: i64) {
         let opts = etcd_client::CompactionOptions::new().with_physical();
         let r = self.client.compact(revision, Some(opts)).await;
-        self.note(format!("compact {revision} -> {}", if r.is_ok() { "ok".to_string() } else { format!("{r:?}") }));
+        let shown = match r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.note(format!("compact {revision} -> {shown}"));
     }
 
     /// Waits until `pred` holds on stream `s`; a timeout is recorded (and shows in the

@@ -533,6 +533,31 @@ async fn diff_progress_notify_flag_accepted() {
     .await;
 }
 
+/// Periodic progress notifications (`--experimental-watch-progress-notify-interval`) go only
+/// to watchers that asked for them, carry the watcher's id and the current revision (etcd
+/// 3.5.1 does the same; the count depends on timing, so this is a property, not a diff).
+#[tokio::test]
+async fn periodic_progress_notify_only_for_watchers_that_asked() {
+    let server =
+        Server::start_with_args(subject_kind(), &["--experimental-watch-progress-notify-interval", "100ms"]).await;
+    let mut c = server.client().await;
+    let mut s = Recorder::open(&c, "v/", prefix().with_progress_notify()).await;
+    s.create("v/", prefix()).await;
+    assert!(s.until(WAIT, |g| has_created(g, 0) && has_created(g, 1)).await, "{:?}", s.got);
+    c.put("v/a", "1", None).await.expect("put"); // 2
+    c.put("other", "1", None).await.expect("put"); // 3
+    assert!(
+        s.until(WAIT, |g| g.iter().filter(|x| is_progress(x) && x.header().map(|h| h.revision()) == Some(3)).count()
+            >= 2)
+            .await,
+        "two notifications at revision 3: {:?}",
+        s.got
+    );
+    for x in s.got.iter().filter(|x| is_progress(x)) {
+        assert_eq!(x.watch_id(), 0, "only watcher 0 asked for progress notifications: {x:?}");
+    }
+}
+
 // ================================================================ Cairn-only (etcd fixes after 3.5.1)
 
 /// A Cairn server with a short periodic progress interval.
@@ -733,31 +758,6 @@ async fn progress_response_is_a_bookmark_under_writes() {
         violations.len(),
         &violations[..violations.len().min(10)]
     );
-}
-
-/// Periodic progress notifications (`--experimental-watch-progress-notify-interval`) go only
-/// to watchers that asked for them, carry the watcher's id and the current revision (etcd
-/// 3.5.1 does the same; the count depends on timing, so this is a property, not a diff).
-#[tokio::test]
-async fn periodic_progress_notify_only_for_watchers_that_asked() {
-    let server =
-        Server::start_with_args(subject_kind(), &["--experimental-watch-progress-notify-interval", "100ms"]).await;
-    let mut c = server.client().await;
-    let mut s = Recorder::open(&c, "v/", prefix().with_progress_notify()).await;
-    s.create("v/", prefix()).await;
-    assert!(s.until(WAIT, |g| has_created(g, 0) && has_created(g, 1)).await, "{:?}", s.got);
-    c.put("v/a", "1", None).await.expect("put"); // 2
-    c.put("other", "1", None).await.expect("put"); // 3
-    assert!(
-        s.until(WAIT, |g| g.iter().filter(|x| is_progress(x) && x.header().map(|h| h.revision()) == Some(3)).count()
-            >= 2)
-            .await,
-        "two notifications at revision 3: {:?}",
-        s.got
-    );
-    for x in s.got.iter().filter(|x| is_progress(x)) {
-        assert_eq!(x.watch_id(), 0, "only watcher 0 asked for progress notifications: {x:?}");
-    }
 }
 
 // ================================================================ etcdctl watch
