@@ -199,10 +199,9 @@ async fn run(opts: &Options) -> Result<bool, String> {
                 };
                 let summary = outcome.summary();
                 eprintln!(
-                    "cairn-bench: {:<18} {}={:<4} {:<6} {:>8} ok {:>4} errors in {:>7.2}s",
+                    "cairn-bench: {:<18} {:<13} {:<6} {:>8} ok {:>4} errors in {:>7.2}s",
                     kind.name(),
-                    kind.count_label(),
-                    clients,
+                    format!("{}={clients}", kind.count_label()),
                     t.label,
                     summary.ok,
                     summary.errors,

@@ -107,8 +107,8 @@ impl Kind {
     pub fn default_ops(self, clients: usize, quick: bool) -> u64 {
         let concurrent = clients > 1;
         if self == Kind::WatchFanout {
-            // About 200 000 deliveries at most, and never fewer than 100 puts.
-            return if quick { 20 } else { (200_000 / clients as u64).clamp(100, 2_000) };
+            // About 500 000 deliveries at most, and never fewer than 100 puts.
+            return if quick { 20 } else { (500_000 / clients as u64).clamp(100, 2_000) };
         }
         match (quick, concurrent, self) {
             (true, false, Kind::List) => 10,
@@ -153,10 +153,11 @@ pub struct RunSpec {
 }
 
 /// An etcd-client error in one line; for a gRPC status, its code and message (such as
-/// `Unimplemented: ...`).
+/// `gRPC Unimplemented: ...`).
 pub fn describe(e: &etcd_client::Error) -> String {
     match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        etcd_client::Error::GRpcStatus(s) if s.message().is_empty() => format!("gRPC {:?}", s.code()),
+        etcd_client::Error::GRpcStatus(s) => format!("gRPC {:?}: {}", s.code(), s.message()),
         e => e.to_string(),
     }
 }
@@ -479,7 +480,7 @@ mod tests {
     #[test]
     fn fanout_puts_shrink_with_the_watchers() {
         assert_eq!(Kind::WatchFanout.default_ops(1, false), 2_000);
-        assert_eq!(Kind::WatchFanout.default_ops(1000, false), 200);
+        assert_eq!(Kind::WatchFanout.default_ops(1000, false), 500);
         assert_eq!(Kind::WatchFanout.default_ops(100_000, false), 100);
         assert_eq!(Kind::WatchFanout.default_ops(1000, true), 20);
     }
