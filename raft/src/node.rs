@@ -182,6 +182,16 @@ impl RaftNode {
         }
     }
 
+    /// The current raft term, without copying the whole metrics (response headers).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Whether a leader is known (without copying the whole metrics).
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();
         RaftStatus {

@@ -43,12 +43,7 @@ pub struct Context {
 impl Context {
     /// The response header etcd sends: ids, the given store revision, the raft term.
     pub fn header(&self, revision: Revision) -> ResponseHeader {
-        ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: self.node.status().term,
-        }
+        ResponseHeader { cluster_id: self.cluster_id, member_id: self.member_id, revision, raft_term: self.node.term() }
     }
 
     /// grpc-go's receive limit as etcd sets it (max-request-bytes + 512 KiB), with its error.

@@ -31,11 +31,14 @@ impl Kv for KvService {
             self.ctx.linearizable_barrier().await?;
         }
         let store = self.ctx.node.store().clone();
-        let res = tokio::task::block_in_place(|| {
+        let read = || {
             let view = store.read()?;
             let rev = view.current_revision();
             view.range(&dreq).map(|x| (x, rev))
-        });
+        };
+        // A single-key read is a few B-tree lookups: inline. A range may scan many rows:
+        // move it off the async worker (block_in_place costs a thread hand-off).
+        let res = if dreq.range_end.is_empty() { read() } else { tokio::task::block_in_place(read) };
         match res {
             Err(e) => Err(status::store_error(&e)),
             Ok((Err(e), _)) => Err(status::request_error(&e)),

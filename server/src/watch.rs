@@ -30,6 +30,8 @@ const SEND_QUEUE: usize = 64;
 const MAX_EVENTS_PER_RESPONSE: usize = 1000;
 /// Revision-log rows read per catch-up step (one read transaction each).
 const CATCHUP_ROWS: usize = 2000;
+/// prev_kv lookups done on the async worker; more go through block_in_place.
+const INLINE_PREV_KV_LOOKUPS: usize = 16;
 /// Rounds of work per wake before the task yields.
 const ROUNDS_PER_WAKE: usize = 64;
 
@@ -228,7 +230,7 @@ impl StreamTask {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
-        if self.require_leader && self.ctx.node.status().leader.is_none() {
+        if self.require_leader && !self.ctx.node.has_leader() {
             let r = fail(status::NO_LEADER_MESSAGE);
             return self.send(r).await;
         }
@@ -277,7 +279,7 @@ impl StreamTask {
     }
 
     async fn check_leader(&mut self) -> Result<(), Closed> {
-        if self.ctx.node.status().leader.is_some() {
+        if self.ctx.node.has_leader() {
             return Ok(());
         }
         let ids: Vec<WatcherId> = self.by_hub.keys().copied().collect();
@@ -424,7 +426,8 @@ impl StreamTask {
             return evs.into_iter().map(|e| event(e, None)).collect();
         }
         let store = self.ctx.node.store().clone();
-        tokio::task::block_in_place(|| {
+        let n = evs.len();
+        let read = move || {
             let view = store.read().ok();
             evs.into_iter()
                 .map(|e| {
@@ -432,7 +435,13 @@ impl StreamTask {
                     event(e, prev)
                 })
                 .collect()
-        })
+        };
+        // A few point lookups run inline; many move off the async worker.
+        if n <= INLINE_PREV_KV_LOOKUPS {
+            read()
+        } else {
+            tokio::task::block_in_place(read)
+        }
     }
 }
 
