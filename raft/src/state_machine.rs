@@ -21,6 +21,10 @@ use crate::types::*;
 /// The longest the store goes without a durable commit while applying.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
+/// Batches of at most this many commands (and no fsync) are applied on the state machine
+/// task itself.
+const INLINE_APPLY_COMMANDS: usize = 8;
+
 /// Called after every applied batch, with what it did (events for watches, revisions).
 pub type ApplyListener = Arc<dyn Fn(&BatchOutcome) + Send + Sync>;
 
@@ -139,16 +143,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let blob = codec::encode_sm_state(&last, &membership);
+        let n_commands = items.len();
         let durable = guard.last_durable.elapsed() >= DURABLE_EVERY;
         let store = self.inner.store.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let apply = move || {
             let batch: Vec<ApplyEntry<'_>> =
                 items.iter().map(|(i, c)| ApplyEntry { index: *i, command: c.as_ref() }).collect();
             store.apply_batch(&batch, &blob, durable)
-        })
-        .await
-        .map_err(|e| sm_err(Msg(format!("apply task failed: {e}"))))?
-        .map_err(sm_err)?;
+        };
+        // A small batch without fsync is a short redb transaction: apply it on this task (a
+        // thread hand-off costs more than the work). Large or durable batches go to the
+        // blocking pool.
+        let outcome = if n_commands <= INLINE_APPLY_COMMANDS && !durable {
+            apply().map_err(sm_err)?
+        } else {
+            tokio::task::spawn_blocking(apply)
+                .await
+                .map_err(|e| sm_err(Msg(format!("apply task failed: {e}"))))?
+                .map_err(sm_err)?
+        };
         guard.membership = Some(membership);
         if durable {
             guard.last_durable = Instant::now();
