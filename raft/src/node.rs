@@ -173,10 +173,7 @@ impl RaftNode {
     pub async fn read_index(&self) -> Result<(), WriteError> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
-                None => Err(WriteError::NoLeader),
-                Some(l) => Err(WriteError::NotLeader { leader: Some(l) }),
-            },
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id)),
             Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
             Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
         }
@@ -218,12 +215,17 @@ impl RaftNode {
     }
 }
 
+/// This member is not the leader: who is, if anyone.
+fn not_leader(leader: Option<NodeId>) -> WriteError {
+    match leader {
+        None => WriteError::NoLeader,
+        Some(l) => WriteError::NotLeader { leader: Some(l) },
+    }
+}
+
 fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> WriteError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
-            None => WriteError::NoLeader,
-            Some(l) => WriteError::NotLeader { leader: Some(l) },
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
         RaftError::APIError(e) => WriteError::Other(e.to_string()),
         RaftError::Fatal(_) => WriteError::Stopped,
     }

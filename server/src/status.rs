@@ -20,7 +20,6 @@ pub fn request_error(e: &RequestError) -> Status {
         RequestError::Compacted { .. } => EtcdError::Compacted,
         RequestError::FutureRevision { .. } => EtcdError::FutureRev,
         RequestError::LeaseNotFound { .. } => EtcdError::LeaseNotFound,
-        RequestError::InvalidSortOption => EtcdError::InvalidSortOption,
         RequestError::LeaseExist { .. } => EtcdError::LeaseExist,
         RequestError::LeaseTtlTooLarge { .. } => EtcdError::LeaseTtlTooLarge,
         // RequestError is non_exhaustive; a new variant must be added above.

@@ -28,8 +28,6 @@ pub enum RequestError {
     FutureRevision { current_revision: Revision },
     /// The lease does not exist.
     LeaseNotFound { lease: LeaseId },
-    /// An unknown sort order or target.
-    InvalidSortOption,
     /// A grant of a lease ID that exists.
     LeaseExist { lease: LeaseId },
     /// A grant with a TTL above `lease::MAX_LEASE_TTL_SECS`.
@@ -52,7 +50,6 @@ impl fmt::Display for RequestError {
                 write!(f, "required revision is a future revision (current revision {current_revision})")
             }
             RequestError::LeaseNotFound { lease } => write!(f, "requested lease {lease:x} not found"),
-            RequestError::InvalidSortOption => write!(f, "invalid sort option"),
             RequestError::LeaseExist { lease } => write!(f, "lease {lease:x} already exists"),
             RequestError::LeaseTtlTooLarge { ttl_secs } => write!(f, "too large lease TTL ({ttl_secs} s)"),
         }

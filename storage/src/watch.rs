@@ -349,22 +349,6 @@ impl WatchHub {
         let mut g = self.lock();
         g.published = g.published.max(revision);
     }
-
-    /// Whether one watcher may get a progress notification at the published revision now
-    /// (for periodic progress notify).
-    pub fn watcher_synced(&self, id: WatcherId) -> bool {
-        let g = self.lock();
-        g.watchers.get(&id).is_some_and(|w| w.progress_ready(g.published))
-    }
-
-    /// Number of registered watchers.
-    pub fn len(&self) -> usize {
-        self.lock().watchers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Reads for watch catch-up.
@@ -480,7 +464,7 @@ mod loom_model {
             applier.join().expect("applier");
             // ...then drain.
             for _ in 0..16 {
-                if step(&hub, &store, id, &mut seen) && hub.watcher_synced(id) {
+                if step(&hub, &store, id, &mut seen) && hub.watcher_progress(id).is_some() {
                     break;
                 }
             }
