@@ -33,6 +33,39 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Period of progress notifications to watchers that asked for them.
     pub watch_progress_notify_interval: std::time::Duration,
+    /// Backend size past which the NOSPACE alarm is raised (etcd `--quota-backend-bytes`;
+    /// 0 means the default, 2 GiB).
+    pub quota_backend_bytes: u64,
+    /// `periodic` or `revision` (etcd `--auto-compaction-mode`).
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// etcd `--auto-compaction-retention`: for `periodic` a duration (a bare number means
+    /// hours), for `revision` a revision count. Zero disables auto compaction.
+    pub auto_compaction_retention: AutoCompactionRetention,
+    /// etcd `--auth-token`: only `simple` is supported.
+    pub auth_token: String,
+    /// etcd `--auth-token-ttl`: how long an unused simple token lives, in seconds.
+    pub auth_token_ttl_secs: u64,
+    /// etcd `--bcrypt-cost` for password hashes.
+    pub bcrypt_cost: u32,
+    /// etcd `--listen-metrics-urls`: extra plain-HTTP listeners for /metrics and /health.
+    pub listen_metrics_urls: Vec<String>,
+    /// etcd `--enable-grpc-gateway`: serve the JSON API on the client port.
+    pub enable_grpc_gateway: bool,
+}
+
+/// etcd's `--auto-compaction-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// etcd's `--auto-compaction-retention`, parsed for its mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompactionRetention {
+    Disabled,
+    Period(std::time::Duration),
+    Revisions(i64),
 }
 
 impl Default for Config {
@@ -54,9 +87,23 @@ impl Default for Config {
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
             watch_progress_notify_interval: std::time::Duration::from_secs(600),
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            auto_compaction_mode: AutoCompactionMode::Periodic,
+            auto_compaction_retention: AutoCompactionRetention::Disabled,
+            auth_token: "simple".into(),
+            auth_token_ttl_secs: 300,
+            bcrypt_cost: 10,
+            listen_metrics_urls: Vec::new(),
+            enable_grpc_gateway: true,
         }
     }
 }
+
+/// etcd's default backend quota: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
+
+/// etcd's largest suggested quota (8 GiB); larger values are accepted with a warning.
+pub const MAX_QUOTA_BACKEND_BYTES: u64 = 8 << 30;
 
 /// The flags Cairn knows, for `--help` and for mapping `ETCD_*` variables.
 pub const FLAGS: &[(&str, &str)] = &[
@@ -76,6 +123,17 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("election-timeout", "Time (in milliseconds) for an election to timeout."),
     ("snapshot-count", "Number of committed transactions to trigger a snapshot to disk."),
     ("experimental-watch-progress-notify-interval", "Duration of periodic watch progress notifications."),
+    ("quota-backend-bytes", "Raise alarms when backend size exceeds the given quota. 0 means use the default quota."),
+    ("auto-compaction-mode", "Interpret 'auto-compaction-retention' one of: periodic|revision."),
+    (
+        "auto-compaction-retention",
+        "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.",
+    ),
+    ("auth-token", "Specify auth token specific options. Only 'simple' is supported."),
+    ("auth-token-ttl", "The lifetime in seconds of the auth token."),
+    ("bcrypt-cost", "Specify bcrypt algorithm cost factor for auth password hashing."),
+    ("listen-metrics-urls", "List of URLs to listen on for the metrics and health endpoints."),
+    ("enable-grpc-gateway", "Enable GRPC gateway."),
 ];
 
 /// A configuration error, printed to the user as is.
@@ -94,6 +152,38 @@ fn list(v: &str) -> Vec<String> {
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ConfigError> {
     v.trim().parse().map_err(|_| ConfigError(format!("invalid value {v:?} for flag --{flag}: parse error")))
+}
+
+fn boolean(flag: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "true" | "1" | "t" | "T" | "TRUE" | "True" => Ok(true),
+        "false" | "0" | "f" | "F" | "FALSE" | "False" => Ok(false),
+        _ => Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: parse error"))),
+    }
+}
+
+/// `--auto-compaction-retention` as etcd reads it: in periodic mode a bare number is hours,
+/// otherwise a Go duration; in revision mode a revision count.
+fn parse_retention(mode: AutoCompactionMode, v: &str) -> Result<AutoCompactionRetention, ConfigError> {
+    let flag = "auto-compaction-retention";
+    let v = v.trim();
+    match mode {
+        AutoCompactionMode::Revision => {
+            let n: i64 = number(flag, v)?;
+            if n < 0 {
+                return Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: negative")));
+            }
+            Ok(if n == 0 { AutoCompactionRetention::Disabled } else { AutoCompactionRetention::Revisions(n) })
+        }
+        AutoCompactionMode::Periodic => {
+            let d = match v.parse::<f64>() {
+                Ok(h) if h >= 0.0 && h.is_finite() => std::time::Duration::from_secs_f64(h * 3600.0),
+                Ok(_) => return Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: negative"))),
+                Err(_) => duration(flag, v)?,
+            };
+            Ok(if d.is_zero() { AutoCompactionRetention::Disabled } else { AutoCompactionRetention::Period(d) })
+        }
+    }
 }
 
 /// A Go duration such as `10m`, `5s`, `1m30s`, `250ms`.
@@ -167,6 +257,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
     }
     let mut c = Config::default();
     let mut data_dir_set = false;
+    let mut retention: Option<String> = None;
     for (flag, v) in values {
         match flag.as_str() {
             "name" => c.name = v,
@@ -205,8 +296,48 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
                     return Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: must be positive")));
                 }
             }
+            "quota-backend-bytes" => {
+                let q: i64 = number(&flag, &v)?;
+                c.quota_backend_bytes = match q {
+                    q if q < 0 => return Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: negative"))),
+                    0 => DEFAULT_QUOTA_BACKEND_BYTES,
+                    q => q as u64,
+                };
+            }
+            "auto-compaction-mode" => {
+                c.auto_compaction_mode = match v.as_str() {
+                    "periodic" | "" => AutoCompactionMode::Periodic,
+                    "revision" => AutoCompactionMode::Revision,
+                    _ => return Err(ConfigError(format!("unknown auto-compaction-mode {v:?}"))),
+                }
+            }
+            "auto-compaction-retention" => retention = Some(v),
+            "auth-token" => {
+                let kind = v.split(',').next().unwrap_or_default();
+                if kind != "simple" {
+                    return Err(ConfigError(format!(
+                        "--auth-token {v:?}: only 'simple' tokens are supported by cairn"
+                    )));
+                }
+                c.auth_token = kind.to_string();
+            }
+            "auth-token-ttl" => c.auth_token_ttl_secs = number(&flag, &v)?,
+            "bcrypt-cost" => {
+                c.bcrypt_cost = number(&flag, &v)?;
+                if !(4..=31).contains(&c.bcrypt_cost) {
+                    return Err(ConfigError(format!(
+                        "invalid bcrypt-cost {}: it must be between 4 and 31",
+                        c.bcrypt_cost
+                    )));
+                }
+            }
+            "listen-metrics-urls" => c.listen_metrics_urls = list(&v),
+            "enable-grpc-gateway" => c.enable_grpc_gateway = boolean(&flag, &v)?,
             _ => unreachable!("flag list and match agree"),
         }
+    }
+    if let Some(v) = retention {
+        c.auto_compaction_retention = parse_retention(c.auto_compaction_mode, &v)?;
     }
     if !data_dir_set {
         c.data_dir = PathBuf::from(format!("{}.cairn", c.name));
@@ -267,5 +398,26 @@ mod tests {
         assert!(run(&["--experimental-watch-progress-notify-interval", "5"], &[]).is_err());
         assert_eq!(socket_addr("http://127.0.0.1:2379").expect("url"), "127.0.0.1:2379");
         assert!(socket_addr("https://127.0.0.1:2379").is_err());
+    }
+
+    #[test]
+    fn maintenance_and_auth_flags() {
+        let c = run(&["--quota-backend-bytes", "0", "--auto-compaction-retention", "1"], &[]).expect("defaults");
+        assert_eq!(c.quota_backend_bytes, DEFAULT_QUOTA_BACKEND_BYTES);
+        assert_eq!(c.auto_compaction_retention, AutoCompactionRetention::Period(std::time::Duration::from_secs(3600)));
+        let c = run(
+            &["--auto-compaction-retention=100", "--auto-compaction-mode=revision", "--quota-backend-bytes=1048576"],
+            &[("ETCD_BCRYPT_COST", "4")],
+        )
+        .expect("revision mode");
+        assert_eq!(c.auto_compaction_retention, AutoCompactionRetention::Revisions(100));
+        assert_eq!(c.quota_backend_bytes, 1 << 20);
+        assert_eq!(c.bcrypt_cost, 4);
+        let c = run(&["--auto-compaction-retention", "90s"], &[]).expect("duration");
+        assert_eq!(c.auto_compaction_retention, AutoCompactionRetention::Period(std::time::Duration::from_secs(90)));
+        assert!(run(&["--auto-compaction-mode", "weekly"], &[]).is_err());
+        assert!(run(&["--bcrypt-cost", "3"], &[]).is_err());
+        assert!(run(&["--auth-token", "jwt,pub-key=a"], &[]).is_err());
+        assert!(!run(&["--enable-grpc-gateway=false"], &[]).expect("bool").enable_grpc_gateway);
     }
 }
