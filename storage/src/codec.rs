@@ -94,6 +94,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// An alarm type as stored (the same numbers as etcd's `AlarmType`).
+pub fn alarm_type_code(a: AlarmType) -> u8 {
+    match a {
+        AlarmType::NoSpace => 1,
+        AlarmType::Corrupt => 2,
+    }
+}
+
+pub fn alarm_type_from_code(c: u8) -> Result<AlarmType, DecodeError> {
+    match c {
+        1 => Ok(AlarmType::NoSpace),
+        2 => Ok(AlarmType::Corrupt),
+        t => Err(DecodeError(format!("alarm type {t} unknown"))),
+    }
+}
+
 impl Command {
     /// Encodes the command: version byte, body, crc32 of both.
     pub fn encode(&self) -> Vec<u8> {
@@ -126,6 +142,15 @@ impl Command {
                 w.u8(6);
                 w.i64(*id);
             }
+            Command::Alarm { action, alarm } => {
+                w.u8(7);
+                w.u8(match action {
+                    AlarmAction::Activate => 1,
+                    AlarmAction::Deactivate => 2,
+                });
+                w.u64(alarm.member_id);
+                w.u8(alarm_type_code(alarm.alarm));
+            }
         }
         let crc = crc32fast::hash(&w.buf);
         w.u32(crc);
@@ -153,6 +178,16 @@ impl Command {
             4 => Command::Compact(CompactionRequest { revision: r.i64()?, physical: r.bool()? }),
             5 => Command::LeaseGrant { id: r.i64()?, ttl_secs: r.i64()? },
             6 => Command::LeaseRevoke { id: r.i64()? },
+            7 => {
+                let action = match r.u8()? {
+                    1 => AlarmAction::Activate,
+                    2 => AlarmAction::Deactivate,
+                    a => return Err(DecodeError(format!("alarm action {a} unknown"))),
+                };
+                let member_id = r.u64()?;
+                let alarm = alarm_type_from_code(r.u8()?)?;
+                Command::Alarm { action, alarm: AlarmMember { member_id, alarm } }
+            }
             t => return Err(DecodeError(format!("command tag {t} unknown"))),
         };
         r.finish()?;
@@ -398,6 +433,14 @@ mod tests {
             Command::LeaseGrant { id: 0x7fff_ffff_ffff_ffff, ttl_secs: 9_000_000_000 },
             Command::LeaseGrant { id: -5, ttl_secs: 2 },
             Command::LeaseRevoke { id: 42 },
+            Command::Alarm {
+                action: AlarmAction::Activate,
+                alarm: AlarmMember { member_id: u64::MAX, alarm: AlarmType::NoSpace },
+            },
+            Command::Alarm {
+                action: AlarmAction::Deactivate,
+                alarm: AlarmMember { member_id: 7, alarm: AlarmType::Corrupt },
+            },
         ] {
             let enc = cmd.encode();
             assert_eq!(Command::decode(&enc).expect("round trip"), cmd);

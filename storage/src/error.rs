@@ -32,6 +32,8 @@ pub enum RequestError {
     LeaseExist { lease: LeaseId },
     /// A grant with a TTL above `lease::MAX_LEASE_TTL_SECS`.
     LeaseTtlTooLarge { ttl_secs: i64 },
+    /// The NOSPACE alarm is raised and the request adds data.
+    NoSpace,
 }
 
 impl fmt::Display for RequestError {
@@ -52,6 +54,7 @@ impl fmt::Display for RequestError {
             RequestError::LeaseNotFound { lease } => write!(f, "requested lease {lease:x} not found"),
             RequestError::LeaseExist { lease } => write!(f, "lease {lease:x} already exists"),
             RequestError::LeaseTtlTooLarge { ttl_secs } => write!(f, "too large lease TTL ({ttl_secs} s)"),
+            RequestError::NoSpace => write!(f, "database space exceeded"),
         }
     }
 }

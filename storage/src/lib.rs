@@ -8,6 +8,7 @@
 //! - [`read`]: range scans over the key index at a revision.
 //! - [`lease`]: lease records, grant and revoke at apply, lease reads (no clock: the
 //!   server's lessor decides expiry and proposes revocations).
+//! - [`maintenance`]: alarms, hashes, space in use, defragmentation while serving.
 //! - [`schema`]: every table and meta key (see docs/FORMAT.md).
 //! - [`record`], [`codec`]: byte formats of stored records and replicated commands.
 //! - [`watch`]: the watcher registry and the history reads of lagging watchers.
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod error;
 pub mod lease;
+pub mod maintenance;
 pub mod read;
 pub mod record;
 pub mod schema;

@@ -43,7 +43,8 @@ impl Store {
     /// Writes a consistent copy of the whole store to `out`; returns the applied raft index
     /// it contains.
     pub fn export_snapshot<W: Write>(&self, out: W) -> Result<u64, StoreError> {
-        let rtx = self.database().begin_read()?;
+        let db = self.database();
+        let rtx = db.begin_read()?;
         let mut w = CrcWriter { inner: out, crc: crc32fast::Hasher::new(), buf: Writer::default() };
         w.buf.buf.extend_from_slice(MAGIC);
         w.buf.u32(FORMAT_VERSION);
@@ -116,7 +117,10 @@ impl Store {
             return Err(StoreError::FormatVersion { found: version, supported: FORMAT_VERSION });
         }
         let _writer = self.writer();
-        let mut wtx = self.database().begin_write()?;
+        // A running defragmentation cannot catch up with a wholesale replacement.
+        self.break_tee();
+        let db = self.database();
+        let mut wtx = db.begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
         for name in ["meta", "key_index", "revs", "leases", "lease_keys"] {
             wtx.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new(name))?;
@@ -180,6 +184,11 @@ impl Store {
         }
         wtx.commit()?;
         self.set_revisions(current, compacted);
+        let alarms = {
+            let rtx = db.begin_read()?;
+            crate::maintenance::read_alarms(&rtx.open_table(META)?)?
+        };
+        self.set_alarms(alarms);
         Ok(())
     }
 

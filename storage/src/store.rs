@@ -5,9 +5,9 @@
 //! [`ReadView`], a redb read snapshot, so a multi-key read is consistent without locks.
 //! Physical compaction runs in bounded batches ([`Store::compact_step`]) between applies.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
@@ -33,8 +33,19 @@ impl Default for StoreOptions {
 
 /// The MVCC store. Shared by reference between the apply path and readers.
 pub struct Store {
-    db: Database,
+    /// The open file. Replaced (under the writer lock) only by [`Store::defragment`]; every
+    /// user clones the `Arc`, so a replaced file stays open until its last reader is done.
+    db: RwLock<Arc<Database>>,
+    /// Where the file lives (None for a store on a custom backend, which cannot defragment).
+    path: Option<PathBuf>,
     opts: StoreOptions,
+    /// While a defragmentation runs: where apply records the batches it applies, for the
+    /// new file to catch up (see `maintenance.rs`).
+    pub(crate) tee: Mutex<Option<crate::maintenance::Tee>>,
+    /// Serialises defragmentation with physical compaction (both rewrite the file's rows).
+    pub(crate) maintenance: Mutex<()>,
+    /// The raised alarms, published after each commit that changes them.
+    alarms: RwLock<Vec<AlarmMember>>,
     /// Held by the writers that move the revisions (apply, snapshot import) from before their
     /// write transaction until they have published its revisions, so that the published
     /// values follow commit order. Apply reads the revisions it builds on from the file, in
@@ -74,6 +85,9 @@ pub(crate) struct Tables<'t> {
 pub(crate) struct ApplyState {
     current: Revision,
     compacted: Revision,
+    /// The raised alarms; `alarms_changed` when a command of this batch changed them.
+    alarms: Vec<AlarmMember>,
+    alarms_changed: bool,
     /// Sub-revision for the next change in the revision being written.
     next_sub: u64,
     events: Vec<Event>,
@@ -162,6 +176,13 @@ fn create_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+pub(crate) fn meta_i64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<i64>, StoreError> {
+    get_i64(meta, key)
+}
+
 fn get_i64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<i64>, StoreError> {
     match meta.get(key)? {
         None => Ok(None),
@@ -179,21 +200,30 @@ impl Store {
         if !path.exists() {
             create_file(path)?;
         }
-        Store::from_database(Database::builder().create(path)?, opts)
+        crate::maintenance::remove_defrag_leftovers(path)?;
+        Store::from_database(Database::builder().create(path)?, opts, Some(path.to_path_buf()))
     }
 
     /// Opens (or creates) a store on any redb storage backend. For tests that inject faults
     /// below redb (crash consistency); production code uses [`Store::open`].
     #[doc(hidden)]
     pub fn open_with_backend(backend: impl redb::StorageBackend, opts: StoreOptions) -> Result<Store, StoreError> {
-        Store::from_database(Database::builder().create_with_backend(backend)?, opts)
+        Store::from_database(Database::builder().create_with_backend(backend)?, opts, None)
     }
 
-    fn from_database(db: Database, opts: StoreOptions) -> Result<Store, StoreError> {
+    pub(crate) fn from_database(db: Database, opts: StoreOptions, path: Option<PathBuf>) -> Result<Store, StoreError> {
         let (current, compacted) = init_file(&db)?;
+        let alarms = {
+            let rtx = db.begin_read()?;
+            crate::maintenance::read_alarms(&rtx.open_table(META)?)?
+        };
         Ok(Store {
-            db,
+            db: RwLock::new(Arc::new(db)),
+            path,
             opts,
+            tee: Mutex::new(None),
+            maintenance: Mutex::new(()),
+            alarms: RwLock::new(alarms),
             writer: Mutex::new(()),
             current_revision: AtomicI64::new(current),
             compact_revision: AtomicI64::new(compacted),
@@ -212,7 +242,7 @@ impl Store {
 
     /// The applied raft index and the raft layer's opaque state, as last committed.
     pub fn applied(&self) -> Result<(u64, Vec<u8>), StoreError> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.database().begin_read()?;
         let meta = rtx.open_table(META)?;
         let index = get_i64(&meta, META_APPLIED_INDEX)?.unwrap_or(0) as u64;
         let state = meta.get(META_RAFT_STATE)?.map(|v| v.value().to_vec()).unwrap_or_default();
@@ -234,10 +264,11 @@ impl Store {
         durable: bool,
     ) -> Result<BatchOutcome, StoreError> {
         let _writer = self.writer();
-        let mut wtx = self.db.begin_write()?;
+        let db = self.database();
+        let mut wtx = db.begin_write()?;
         wtx.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut out = BatchOutcome { applied: Vec::with_capacity(entries.len()), events: Vec::new() };
-        let (current, compacted) = {
+        let (current, compacted, alarms_after) = {
             let mut meta = wtx.open_table(META)?;
             let current = get_i64(&meta, META_CURRENT_REVISION)?
                 .ok_or_else(|| StoreError::Corrupt { what: "current revision missing".into() })?;
@@ -250,7 +281,9 @@ impl Store {
                 leases: wtx.open_table(LEASES)?,
                 lease_keys: wtx.open_table(LEASE_KEYS)?,
             };
-            let mut st = ApplyState { current, compacted, next_sub: 0, events: Vec::new() };
+            let alarms = crate::maintenance::read_alarms(&meta)?;
+            let mut st =
+                ApplyState { current, compacted, alarms, alarms_changed: false, next_sub: 0, events: Vec::new() };
             let mut last_index = None;
             for e in entries {
                 if let Some(prev) = last_index {
@@ -281,17 +314,25 @@ impl Store {
                 meta.insert(META_APPLIED_INDEX, (i as i64).to_le_bytes().as_slice())?;
             }
             meta.insert(META_RAFT_STATE, raft_state)?;
-            (st.current, st.compacted)
+            if st.alarms_changed {
+                crate::maintenance::write_alarms(&mut meta, &st.alarms)?;
+            }
+            (st.current, st.compacted, st.alarms_changed.then_some(st.alarms))
         };
+        let (current, compacted, alarms) = (current, compacted, alarms_after);
         wtx.commit()?;
         self.current_revision.store(current, Ordering::Release);
         self.compact_revision.store(compacted, Ordering::Release);
+        if let Some(a) = alarms {
+            self.set_alarms(a);
+        }
+        self.tee_batch(entries, raft_state);
         Ok(out)
     }
 
     /// Makes every earlier commit durable (one fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mut wtx = self.db.begin_write()?;
+        let mut wtx = self.database().begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
         wtx.commit()?;
         Ok(())
@@ -299,18 +340,20 @@ impl Store {
 
     /// A consistent read snapshot.
     pub fn read(&self) -> Result<ReadView, StoreError> {
-        let rtx = self.db.begin_read()?;
+        let db = self.database();
+        let rtx = db.begin_read()?;
         let (current, compacted) = {
             let meta = rtx.open_table(META)?;
             (get_i64(&meta, META_CURRENT_REVISION)?.unwrap_or(1), get_i64(&meta, META_COMPACT_REVISION)?.unwrap_or(-1))
         };
-        Ok(ReadView { index: rtx.open_table(KEY_INDEX)?, revs: rtx.open_table(REVS)?, current, compacted })
+        Ok(ReadView { index: rtx.open_table(KEY_INDEX)?, revs: rtx.open_table(REVS)?, current, compacted, _db: db })
     }
 
     /// Runs one bounded batch of physical compaction. Returns true when the compaction up to
     /// the compacted revision is complete (nothing left to do).
     pub fn compact_step(&self) -> Result<bool, StoreError> {
-        let mut wtx = self.db.begin_write()?;
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wtx = self.database().begin_write()?;
         wtx.set_durability(Durability::None)?;
         let done = compact_batch(&wtx, self.opts.compaction_batch_rows)?;
         wtx.commit()?;
@@ -321,7 +364,7 @@ impl Store {
     /// compaction removed. Not part of the API.
     #[doc(hidden)]
     pub fn debug_row_counts(&self) -> Result<RowCounts, StoreError> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.database().begin_read()?;
         Ok(RowCounts { key_index: rtx.open_table(KEY_INDEX)?.len()?, revs: rtx.open_table(REVS)?.len()? })
     }
 
@@ -329,7 +372,7 @@ impl Store {
     /// check exactly which rows physical compaction kept. Not part of the API.
     #[doc(hidden)]
     pub fn debug_index_rows(&self) -> Result<Vec<IndexRow>, StoreError> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.database().begin_read()?;
         let mut rows = Vec::new();
         for row in rtx.open_table(KEY_INDEX)?.iter()? {
             let (k, flags) = row?;
@@ -344,8 +387,27 @@ impl Store {
         self.writer.lock().expect("store writer lock poisoned: a writer panicked mid-apply")
     }
 
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
+    /// The open file (see the `db` field).
+    pub(crate) fn database(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// Installs a defragmented file; the caller holds the writer lock. Returns the old one,
+    /// for the caller to close after releasing the lock (closing writes and syncs the file).
+    pub(crate) fn replace_database(&self, db: Database) -> Arc<Database> {
+        std::mem::replace(&mut *self.db.write().unwrap_or_else(|p| p.into_inner()), Arc::new(db))
+    }
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+    pub(crate) fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+    /// The raised alarms.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub(crate) fn set_alarms(&self, alarms: Vec<AlarmMember>) {
+        *self.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
     }
     pub(crate) fn current_revision_atomic(&self) -> &AtomicI64 {
         &self.current_revision
@@ -373,6 +435,8 @@ pub struct ReadView {
     revs: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
     current: Revision,
     compacted: Revision,
+    /// Keeps the file open while the view lives, even if a defragmentation replaced it.
+    _db: Arc<Database>,
 }
 
 impl ReadView {
@@ -395,6 +459,10 @@ fn apply_command(
     st: &mut ApplyState,
     cmd: &Command,
 ) -> Result<Result<CommandResponse, RequestError>, StoreError> {
+    // etcd's capped applier: with NOSPACE raised, whatever adds data fails first.
+    if cmd.quota_cost() > 0 && st.alarms.iter().any(|a| a.alarm == AlarmType::NoSpace) {
+        return Ok(Err(RequestError::NoSpace));
+    }
     match cmd {
         Command::Put(p) => {
             // etcd's applierV3backend.Put looks the lease up before ignore_* needs the key;
@@ -427,6 +495,27 @@ fn apply_command(
         }
         Command::LeaseGrant { id, ttl_secs } => crate::lease::grant(t, *id, *ttl_secs),
         Command::LeaseRevoke { id } => crate::lease::revoke(t, st, *id),
+        Command::Alarm { action, alarm } => {
+            let changed = match action {
+                AlarmAction::Activate => {
+                    if !st.alarms.contains(alarm) {
+                        st.alarms.push(*alarm);
+                        st.alarms.sort();
+                        st.alarms_changed = true;
+                    }
+                    vec![*alarm]
+                }
+                AlarmAction::Deactivate => match st.alarms.iter().position(|a| a == alarm) {
+                    Some(i) => {
+                        st.alarms.remove(i);
+                        st.alarms_changed = true;
+                        vec![*alarm]
+                    }
+                    None => Vec::new(),
+                },
+            };
+            Ok(Ok(CommandResponse::Alarm(changed)))
+        }
     }
 }
 

@@ -174,6 +174,33 @@ pub enum Command {
     LeaseRevoke {
         id: LeaseId,
     },
+    /// Raises or clears an alarm of a member (etcd's AlarmRequest ACTIVATE/DEACTIVATE).
+    Alarm {
+        action: AlarmAction,
+        alarm: AlarmMember,
+    },
+}
+
+/// etcd's `AlarmType` (NONE is not stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmType {
+    /// The backend passed `--quota-backend-bytes`: writes that add data fail.
+    NoSpace,
+    /// A corruption check failed.
+    Corrupt,
+}
+
+/// One raised alarm: which member, which kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AlarmMember {
+    pub member_id: u64,
+    pub alarm: AlarmType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmAction {
+    Activate,
+    Deactivate,
 }
 
 impl Command {
@@ -208,6 +235,25 @@ impl Command {
             Command::Txn(t) => txn(t),
             Command::Compact(_) => 16,
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
+            Command::Alarm { .. } => 16,
+        }
+    }
+
+    /// etcd's quota cost: what the command adds to the backend. A command with cost > 0 is
+    /// refused while the NOSPACE alarm is raised. As etcd counts it: a put is its key and
+    /// value plus 256 bytes of overhead; a txn costs its costlier branch, counting only the
+    /// puts directly in it; a lease grant costs 72 bytes.
+    pub fn quota_cost(&self) -> usize {
+        const KV_OVERHEAD: usize = 256;
+        let put = |p: &PutRequest| KV_OVERHEAD + p.key.len() + p.value.len();
+        let branch = |ops: &[RequestOp]| -> usize {
+            ops.iter().map(|o| if let RequestOp::Put(p) = o { put(p) } else { 0 }).sum()
+        };
+        match self {
+            Command::Put(p) => put(p),
+            Command::Txn(t) => branch(&t.success).max(branch(&t.failure)),
+            Command::LeaseGrant { .. } => 72,
+            _ => 0,
         }
     }
 }
@@ -225,6 +271,9 @@ pub enum CommandResponse {
         ttl_secs: i64,
     },
     LeaseRevoke,
+    /// The alarms the command changed: the raised one (also when it was already raised), or
+    /// the cleared one (none if it was not raised).
+    Alarm(Vec<AlarmMember>),
 }
 
 /// A command's outcome: the response and the store revision to report in the header

@@ -34,7 +34,7 @@ pub fn validate_command(cmd: &Command) -> Result<(), RequestError> {
         Command::Put(p) => validate::check_put(p),
         Command::DeleteRange(d) => validate::check_delete(d),
         Command::Txn(x) => validate::check_txn(x, MAX_TXN_OPS),
-        Command::Compact(_) | Command::LeaseRevoke { .. } => Ok(()),
+        Command::Compact(_) | Command::LeaseRevoke { .. } | Command::Alarm { .. } => Ok(()),
         Command::LeaseGrant { ttl_secs, .. } => lease::check_grant(*ttl_secs),
     }
 }

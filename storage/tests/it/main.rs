@@ -12,5 +12,6 @@ mod edge;
 mod gen;
 mod harness;
 mod lease;
+mod maintenance;
 mod model;
 mod randomized;
