@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::ResponseHeader;
+use cairn_proto::rpctypes::EtcdError;
 use cairn_raft::RaftNode;
-use cairn_storage::{Applied, Command, Revision};
+use cairn_storage::{AlarmAction, AlarmMember, AlarmType, Applied, Command, Revision};
 use tokio::sync::{Notify, Semaphore};
 use tonic::Status;
 
@@ -38,6 +39,10 @@ pub struct Context {
     pub hub: Arc<cairn_storage::watch::WatchHub>,
     /// etcd's `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// etcd's `--quota-backend-bytes`.
+    pub quota_backend_bytes: u64,
+    /// Maintenance state of this member (cached sizes, downgrade).
+    pub maintenance: crate::maintenance::MaintenanceState,
 }
 
 impl Context {
@@ -63,6 +68,7 @@ impl Context {
         if encoded_len + RAFT_REQUEST_OVERHEAD > self.max_request_bytes {
             return Err(status::too_large());
         }
+        self.check_quota(&cmd).await?;
         let _permit =
             self.proposals.acquire().await.map_err(|_| status::write_error(&cairn_raft::WriteError::Stopped))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, self.node.write(cmd)).await {
@@ -70,6 +76,36 @@ impl Context {
             Ok(Err(e)) => Err(status::write_error(&e)),
             Ok(Ok(applied)) => Ok(applied),
         }
+    }
+
+    /// etcd's quota check before proposing: a command that adds data fails with "database
+    /// space exceeded" while the NOSPACE alarm is raised, and raises it (through raft, so it
+    /// survives restarts) when the backend would grow past `--quota-backend-bytes`.
+    async fn check_quota(&self, cmd: &Command) -> Result<(), Status> {
+        let cost = cmd.quota_cost() as u64;
+        if cost == 0 {
+            return Ok(());
+        }
+        if self.node.store().alarms().iter().any(|a| a.alarm == AlarmType::NoSpace) {
+            return Err(EtcdError::NoSpace.status());
+        }
+        let size = self.node.db_size();
+        if size + cost <= self.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            db_size = size,
+            quota = self.quota_backend_bytes,
+            "backend size exceeds the quota; raising the NOSPACE alarm"
+        );
+        let alarm = Command::Alarm {
+            action: AlarmAction::Activate,
+            alarm: AlarmMember { member_id: self.member_id, alarm: AlarmType::NoSpace },
+        };
+        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, self.node.write(alarm)).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm timed out");
+        }
+        Err(EtcdError::NoSpace.status())
     }
 
     /// Waits until a linearizable read may be served from the local store.

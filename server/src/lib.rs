@@ -10,6 +10,7 @@
 //!
 //! Services not registered yet answer Unimplemented.
 
+pub mod autocompact;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -18,6 +19,7 @@ pub mod kv;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
+pub mod snapshot_tool;
 pub mod status;
 pub mod watch;
 
@@ -65,7 +67,7 @@ fn fnv64(parts: &[&str]) -> u64 {
 
 /// The member and cluster IDs: computed at bootstrap, then read from the data dir so that
 /// they never change for a member.
-fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
+pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
     let path = dir.join("ids");
     match std::fs::read_to_string(&path) {
         Ok(s) => {
@@ -154,6 +156,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         compactor,
         hub,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
+        quota_backend_bytes: cfg.quota_backend_bytes,
+        maintenance: maintenance::MaintenanceState::default(),
     });
     // Lease expiry: the lessor promotes (every lease gets its full TTL) as soon as this member
     // leads, then proposes the revocation of expired leases.
@@ -162,6 +166,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         cfg.election_timeout_ms,
     )));
     let lessor_task = tokio::spawn(lessor::run(lessor.clone(), ctx.clone()));
+    let autocompact_task = tokio::spawn(autocompact::run(ctx.clone(), cfg.auto_compaction_retention));
     // tonic refuses only far larger messages (with its own error); up to that, handlers
     // refuse what exceeds etcd's limit with grpc-go's message (`Context::check_grpc_size`).
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES + TONIC_SLACK_BYTES;
@@ -206,6 +211,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // A stopping member proposes no more revocations; the next leader (this member after a
     // restart) gives every lease its full TTL again.
     lessor_task.abort();
+    autocompact_task.abort();
     let _ = stop_tx.send(());
     for s in servers {
         match tokio::time::timeout(Duration::from_secs(5), s).await {

@@ -4,6 +4,9 @@ use cairn_server::config::{self, Invocation};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("snapshot") {
+        std::process::exit(cairn_server::snapshot_tool::main(&args[1..]));
+    }
     let inv = match config::parse(&args, &|k| std::env::var(k).ok()) {
         Ok(i) => i,
         Err(e) => {
@@ -24,6 +27,7 @@ fn main() {
                 println!("  --{f}\n        {help}");
             }
             println!("  --version\n        Print the version and exit.");
+            println!("\nSubcommands:\n  cairn snapshot restore|status ...   (see `cairn snapshot`)");
             return;
         }
         Invocation::Run(c) => *c,

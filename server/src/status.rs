@@ -22,6 +22,7 @@ pub fn request_error(e: &RequestError) -> Status {
         RequestError::LeaseNotFound { .. } => EtcdError::LeaseNotFound,
         RequestError::LeaseExist { .. } => EtcdError::LeaseExist,
         RequestError::LeaseTtlTooLarge { .. } => EtcdError::LeaseTtlTooLarge,
+        RequestError::NoSpace => EtcdError::NoSpace,
         // RequestError is non_exhaustive; a new variant must be added above.
         #[allow(unreachable_patterns)]
         _ => return Status::unknown(e.to_string()),

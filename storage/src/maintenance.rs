@@ -473,3 +473,25 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
         }
     }
 }
+
+impl Store {
+    /// Prepares a store restored from a snapshot to serve as a new member of a new cluster:
+    /// forgets the raft position and membership of the member that made the snapshot (raft
+    /// starts a fresh log) and its alarms (they name members that are not in the new
+    /// cluster). Revisions, keys, leases and compaction state stay as they were.
+    pub fn reset_for_new_member(&self) -> Result<(), StoreError> {
+        let _w = self.writer();
+        let db = self.database();
+        let mut wtx = db.begin_write()?;
+        wtx.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = wtx.open_table(META)?;
+            meta.remove(META_APPLIED_INDEX)?;
+            meta.remove(META_RAFT_STATE)?;
+            meta.remove(META_ALARMS)?;
+        }
+        wtx.commit()?;
+        self.set_alarms(Vec::new());
+        Ok(())
+    }
+}

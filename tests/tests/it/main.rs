@@ -17,4 +17,5 @@ mod differential;
 mod etcdctl;
 mod harness;
 mod lease;
+mod maintenance;
 mod watch;
