@@ -211,7 +211,7 @@ async fn snapshot_save_restore_and_serve() {
         .output()
         .expect("run restore");
     assert!(!existing.status.success(), "restoring over an existing data dir must fail");
-    let mut child = std::process::Command::new(&cairn)
+    let child = std::process::Command::new(&cairn)
         .args([
             "--name",
             "restored",
@@ -232,13 +232,15 @@ async fn snapshot_save_restore_and_serve() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start the restored member");
+    // Stopped (by its pid) when the test ends, passed or failed.
+    let _member = KillOnDrop(child);
     let e2 = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !etcdctl(&e2, &["get", "x"]).success() {
         assert!(Instant::now() < deadline, "restored member did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let checks = (|| {
+    {
         let got = json(etcdctl(&e2, &["get", "k/00", "-w", "json"]).ok());
         assert_eq!(got["header"]["revision"].as_i64(), Some(rev));
         assert_eq!(got["kvs"][0]["create_revision"].as_i64(), Some(2));
@@ -259,10 +261,16 @@ async fn snapshot_save_restore_and_serve() {
         let put = json(etcdctl(&e2, &["put", "new", "1", "-w", "json"]).ok());
         assert_eq!(put["header"]["revision"].as_i64(), Some(rev + 1));
         assert_eq!(etcdctl(&e2, &["alarm", "list"]).ok(), "");
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    checks
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// HashKV: equal on two members with equal data (whatever physical compaction has done),
