@@ -16,6 +16,7 @@
 //! 2 on a usage error.
 
 mod cpu;
+mod defrag;
 mod fanout;
 mod options;
 mod report;
@@ -194,6 +195,8 @@ async fn run(opts: &Options) -> Result<bool, String> {
                 let pid = t.process.as_ref().and_then(ServerProcess::pid);
                 let outcome = if kind == Kind::WatchFanout {
                     fanout::run(spec, conns, fixture, pid).await
+                } else if kind == Kind::Defrag {
+                    defrag::run(spec, conns, fixture, pid, &t.label, opts.quick).await
                 } else {
                     workload::run(spec, conns, fixture, pid).await
                 };

@@ -133,7 +133,7 @@ Flags:
   --connections N         gRPC connections shared by the concurrent clients (default 4)
   --value-size BYTES      size of every value written (default 256)
   --workloads LIST        comma-separated subset of: put,range-linearizable,range-serializable,
-                          txn,list,watch-fanout,lease-keepalive (default: all)
+                          txn,list,watch-fanout,lease-keepalive,defrag (default: all)
   --watchers LIST         watcher counts of the watch-fanout runs, one run each
                           (default 1,100,1000; with --quick 1,100)
   --watch-streams N       watch streams the watchers of a run are spread over, on the

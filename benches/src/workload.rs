@@ -62,10 +62,12 @@ pub enum Kind {
     WatchFanout,
     /// One LeaseKeepAlive request on a lease's stream and its response.
     LeaseKeepAlive,
+    /// Puts while the server defragments (see [`crate::defrag`]).
+    Defrag,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Put,
         Kind::RangeLinearizable,
         Kind::RangeSerializable,
@@ -73,6 +75,7 @@ impl Kind {
         Kind::List,
         Kind::WatchFanout,
         Kind::LeaseKeepAlive,
+        Kind::Defrag,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +87,7 @@ impl Kind {
             Kind::List => "list",
             Kind::WatchFanout => "watch-fanout",
             Kind::LeaseKeepAlive => "lease-keepalive",
+            Kind::Defrag => "defrag",
         }
     }
 
@@ -122,6 +126,8 @@ impl Kind {
             (false, true, Kind::RangeLinearizable | Kind::RangeSerializable | Kind::LeaseKeepAlive) => 50_000,
             (false, true, Kind::List) => 1_000,
             (false, _, Kind::WatchFanout) => unreachable!("handled above"),
+            // A defrag run lasts as long as the defragmentation; the op count is not used.
+            (_, _, Kind::Defrag) => 1,
         }
     }
 }
@@ -245,6 +251,9 @@ impl ClientState {
         let run_id = spec.run_id;
         let kind = spec.kind;
         Ok(match kind {
+            Kind::WatchFanout | Kind::Defrag => {
+                return Err(format!("{} has its own runner (crate::fanout, crate::defrag)", kind.name()));
+            }
             Kind::Put => {
                 ClientState::Put { key_prefix: format!("{p}put/{run_id}/{client:05}/"), value_size: fixture.value_size }
             }
@@ -295,7 +304,6 @@ impl ClientState {
                 }
                 ClientState::Lease { leases }
             }
-            Kind::WatchFanout => unreachable!("watch-fanout has its own runner (crate::fanout)"),
         })
     }
 

@@ -43,6 +43,11 @@ pub const META_ALARMS: &str = "alarms";
 /// Rows copied per write transaction of the new file.
 const COPY_BATCH_ROWS: usize = 20_000;
 
+/// Bytes copied per write transaction of the new file; each is made durable on its own, so
+/// that no single fsync has much to write (one large fsync delays the raft log's small ones
+/// on the same disk: measured ~100 ms put latency with one fsync of 18 MB).
+const COPY_BATCH_BYTES: usize = 1 << 20;
+
 /// Replay rounds end when one round had fewer batches than this; the rest is replayed
 /// under the writer lock.
 const CATCH_UP_BATCHES: usize = 4;
@@ -449,15 +454,21 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     let mut copied = 0u64;
     loop {
         let mut wtx = db.begin_write()?;
-        wtx.set_durability(Durability::None)?;
+        wtx.set_durability(Durability::Immediate)?;
         let mut done = false;
         {
             let mut dst = wtx.open_table(def)?;
+            let mut bytes = 0usize;
             for _ in 0..COPY_BATCH_ROWS {
+                if bytes >= COPY_BATCH_BYTES {
+                    break;
+                }
                 match rows.next() {
                     Some(row) => {
                         let (k, v) = row?;
-                        dst.insert(k.value(), v.value())?;
+                        let (k, v) = (k.value(), v.value());
+                        bytes += K::as_bytes(&k).as_ref().len() + V::as_bytes(&v).as_ref().len();
+                        dst.insert(k, v)?;
                         copied += 1;
                     }
                     None => {
