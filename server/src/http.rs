@@ -50,7 +50,7 @@ impl HttpApi {
                     text(StatusCode::SERVICE_UNAVAILABLE, "readyz check failed")
                 }
             }),
-            "/version" => only_get(&req).unwrap_or_else(|| version()),
+            "/version" => only_get(&req).unwrap_or_else(version),
             "/metrics" => self.metrics_page(),
             p if p.starts_with("/v3/") => match &self.gateway {
                 Some(g) => match g.route(req).await {

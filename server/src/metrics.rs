@@ -99,6 +99,9 @@ struct MethodCounters {
     handled: [AtomicU64; 17],
 }
 
+/// Picks one counter of a method's row.
+type CounterField = fn(&MethodCounters) -> &AtomicU64;
+
 /// One gRPC method's row in [`GRPC_METHODS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MethodId(usize);
@@ -379,7 +382,7 @@ impl Metrics {
                 );
             }
         }
-        let simple: [(&str, &str, fn(&MethodCounters) -> &AtomicU64); 3] = [
+        let simple: [(&str, &str, CounterField); 3] = [
             ("grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.", |c| {
                 &c.received
             }),
