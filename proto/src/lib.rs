@@ -43,6 +43,12 @@
 //! - Enum fields are `i32` with typed accessors (e.g. `RangeRequest::sort_order()`);
 //!   `oneof`s are `Option<nested_module::Enum>` (e.g. `request_op::Request`,
 //!   `compare::TargetUnion`, `watch_request::RequestUnion`).
+//! - With the `json` feature every message implements serde's `Serialize` and
+//!   `Deserialize` in the mapping of etcd's grpc-gateway: proto field names
+//!   (`cluster_id`, `TTL`, `peerURLs`), 64-bit integers as strings, `bytes` as
+//!   base64, enums by name, default values left out; input also accepts
+//!   lowerCamelCase names, integers as numbers and enums as numbers, and ignores
+//!   unknown fields.
 //! - Not included: etcd 3.7's `KV.RangeStream` RPC (etcd 3.5 lacks it; an
 //!   unknown method answers `Unimplemented`, as etcd 3.5 does).
 
@@ -52,30 +58,40 @@
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// Package `authpb`: users, roles and permissions.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// Package `etcdserverpb`: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// Package `v3lockpb`: the Lock service.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// Package `v3electionpb`: the Election service.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 pub mod rpctypes;

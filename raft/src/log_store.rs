@@ -36,6 +36,52 @@ const WRITE_QUEUE_OPS: usize = 4096;
 /// One group commit takes at most this many operations.
 const GROUP_MAX_OPS: usize = 1024;
 
+/// A latency histogram with etcd's disk buckets (1 ms doubling to 8.192 s, as
+/// `etcd_disk_wal_fsync_duration_seconds`): lock-free, observed by the writer thread and read
+/// by the metrics endpoint.
+pub struct DurationHistogram {
+    /// Observations at or below `BUCKET_BOUNDS_SECS[i]` and above the previous bound.
+    buckets: [AtomicU64; DurationHistogram::BUCKETS],
+    /// Observations above the last bound.
+    overflow: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        DurationHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            overflow: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DurationHistogram {
+    /// etcd's `prometheus.ExponentialBuckets(0.001, 2, 14)`.
+    pub const BUCKETS: usize = 14;
+
+    /// The upper bound of bucket `i`, in seconds.
+    pub fn bound_secs(i: usize) -> f64 {
+        0.001 * (1u64 << i) as f64
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        match (0..Self::BUCKETS).find(|&i| secs <= Self::bound_secs(i)) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_nanos.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Per-bucket counts (not cumulative), the overflow count and the sum in seconds.
+    pub fn snapshot(&self) -> ([u64; Self::BUCKETS], u64, f64) {
+        let b = std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
+        (b, self.overflow.load(Ordering::Relaxed), self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}
+
 enum WriteOp {
     Append { entries: Vec<(u64, Vec<u8>, LogId)>, callback: LogFlushed<TypeConfig> },
     Truncate { from: u64, done: oneshot::Sender<Result<(), String>> },
@@ -54,6 +100,8 @@ struct Inner {
     db: Arc<Database>,
     /// Group commits (one fsync each) made so far; etcd's WAL fsync count.
     fsyncs: Arc<AtomicU64>,
+    /// How long each group commit (write + fsync) took.
+    fsync_times: Arc<DurationHistogram>,
     /// Appended, not yet committed entries by index. Readers merge them over the file.
     pending: Mutex<BTreeMap<u64, Entry>>,
     state: Mutex<State>,
@@ -103,9 +151,11 @@ impl LogStore {
         };
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_OPS);
         let fsyncs = Arc::new(AtomicU64::new(0));
+        let fsync_times = Arc::new(DurationHistogram::default());
         let inner = Arc::new(Inner {
             db: db.clone(),
             fsyncs: fsyncs.clone(),
+            fsync_times: fsync_times.clone(),
             pending: Mutex::new(BTreeMap::new()),
             state: Mutex::new(state),
             tx,
@@ -113,7 +163,7 @@ impl LogStore {
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(db, rx, weak, fsyncs))
+            .spawn(move || writer_loop(db, rx, weak, fsyncs, fsync_times))
             .map_err(|e| err(ErrorVerb::Write, e))?;
         Ok(LogStore { inner })
     }
@@ -121,6 +171,11 @@ impl LogStore {
     /// How many group commits (fsyncs) the log has made since it was opened.
     pub fn fsyncs(&self) -> u64 {
         self.inner.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Durations of the group commits (etcd's `etcd_disk_wal_fsync_duration_seconds`).
+    pub fn fsync_times(&self) -> &DurationHistogram {
+        &self.inner.fsync_times
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
@@ -165,7 +220,13 @@ fn create_file(path: &Path) -> Result<(), redb::Error> {
 }
 
 /// The writer thread: group commits until the store is dropped.
-fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, inner: std::sync::Weak<Inner>, fsyncs: Arc<AtomicU64>) {
+fn writer_loop(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<WriteOp>,
+    inner: std::sync::Weak<Inner>,
+    fsyncs: Arc<AtomicU64>,
+    fsync_times: Arc<DurationHistogram>,
+) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < GROUP_MAX_OPS {
@@ -174,7 +235,9 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, inner: std::sync:
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = write_group(&db, &ops).map_err(|e| e.to_string());
+        fsync_times.observe(started.elapsed());
         fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log write failed");

@@ -145,6 +145,11 @@ impl RaftNode {
         self.log.fsyncs()
     }
 
+    /// Durations of the raft log's group commits (etcd's WAL fsync histogram).
+    pub fn wal_fsync_times(&self) -> &crate::log_store::DurationHistogram {
+        self.log.fsync_times()
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

@@ -7,6 +7,9 @@
 //! - [`watch`]: the Watch streams over the member's watch hub.
 //! - [`lease`]: the Lease service; [`lessor`]: lease deadlines on the leader, expiry.
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
+//! - [`http`]: plain HTTP on the client port (/health, /version, /metrics) and on the
+//!   metrics listeners; [`gateway`]: etcd's JSON gateway (`/v3/...`).
+//! - [`metrics`]: Prometheus metrics under etcd's names, and the gRPC counting layer.
 //!
 //! Services not registered yet answer Unimplemented.
 
@@ -15,11 +18,14 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod convert;
+pub mod gateway;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
 pub mod snapshot_tool;
+pub mod metrics;
 pub mod status;
 pub mod watch;
 
@@ -92,6 +98,17 @@ pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), S
     }
 }
 
+/// The number of live keys, once at start (the metrics keep it up to date from then on).
+fn count_keys(node: &RaftNode) -> Result<i64, String> {
+    let view = node.store().read().map_err(|e| e.to_string())?;
+    let all = cairn_storage::RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() };
+    match view.range(&all) {
+        Ok(Ok(r)) => Ok(r.count),
+        Ok(Err(e)) => Err(format!("count keys: {e:?}")),
+        Err(e) => Err(format!("count keys: {e}")),
+    }
+}
+
 /// Runs a member until `shutdown` resolves, then stops cleanly.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     let member_dir = cfg.data_dir.join("member");
@@ -105,6 +122,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     for a in &addrs {
         let l = tokio::net::TcpListener::bind(a).await.map_err(|e| format!("listen on {a}: {e}"))?;
         listeners.push(l);
+    }
+    let mut metrics_listeners = Vec::new();
+    for u in &cfg.listen_metrics_urls {
+        let a = config::socket_addr(u).map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::bind(&a).await.map_err(|e| format!("listen on {a}: {e}"))?;
+        metrics_listeners.push(l);
     }
     let node = Arc::new(
         RaftNode::start(NodeConfig {
@@ -120,14 +143,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     node.wait_for_leader(Duration::from_secs(30)).await.map_err(|e| format!("no leader elected: {e:?}"))?;
     let compactor = Arc::new(Notify::new());
     let hub = Arc::new(WatchHub::new(node.store().current_revision(), WATCH_MAX_PENDING_EVENTS));
+    let metrics = Arc::new(metrics::Metrics::new(cfg.quota_backend_bytes, count_keys(&node)?));
     {
         // After every applied batch: publish its events to the watchers, and wake the
         // compactor if the compacted revision moved.
         let store = node.store().clone();
         let wake = compactor.clone();
         let hub = hub.clone();
+        let metrics = metrics.clone();
         let seen = AtomicI64::new(store.compact_revision());
         node.set_apply_listener(Arc::new(move |outcome| {
+            metrics.on_apply(outcome);
             for (revision, events) in &outcome.events {
                 hub.publish(*revision, events);
             }
@@ -167,6 +193,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     )));
     let lessor_task = tokio::spawn(lessor::run(lessor.clone(), ctx.clone()));
     let autocompact_task = tokio::spawn(autocompact::run(ctx.clone(), cfg.auto_compaction_retention));
+    let leader_watch = metrics::spawn_leader_watch(
+        metrics.clone(),
+        node.clone(),
+        Duration::from_millis(cfg.heartbeat_interval_ms.max(10)),
+    );
+    let gateway = cfg.enable_grpc_gateway.then(|| {
+        Arc::new(gateway::Gateway {
+            kv: kv::KvService { ctx: ctx.clone() },
+            watch: watch::WatchService { ctx: ctx.clone() },
+            lease: lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() },
+            cluster: cluster::ClusterService { ctx: ctx.clone() },
+            maintenance: maintenance::MaintenanceService { ctx: ctx.clone() },
+            metrics: metrics.clone(),
+            // base64 makes JSON a third larger than the protobuf it carries.
+            max_body_bytes: (cfg.max_request_bytes + GRPC_OVERHEAD_BYTES) * 2,
+        })
+    });
+    let http_api = Arc::new(http::HttpApi { ctx: ctx.clone(), metrics: metrics.clone(), gateway });
     // tonic refuses only far larger messages (with its own error); up to that, handlers
     // refuse what exceeds etcd's limit with grpc-go's message (`Context::check_grpc_size`).
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES + TONIC_SLACK_BYTES;
@@ -174,20 +218,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let mut servers = Vec::new();
     for l in listeners {
         let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let grpc = tonic::service::Routes::new(
+            KvServer::new(kv::KvService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
+        )
+        .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
+        .add_service(
+            LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
+                .max_decoding_message_size(max_msg),
+        );
+        // gRPC (HTTP/2) and plain HTTP (HTTP/1.1 or h2) share the port, as in etcd: gRPC
+        // services are routed by their paths, everything else goes to the HTTP API.
+        let api = http_api.clone();
+        let all = grpc.into_axum_router().fallback(move |req: axum::extract::Request| api.clone().client(req));
         let router = tonic::transport::Server::builder()
-            .add_service(KvServer::new(kv::KvService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
-            .add_service(
-                MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
-                    .max_decoding_message_size(max_msg),
-            )
-            .add_service(
-                ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
-            )
-            .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
-            .add_service(
-                LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
-                    .max_decoding_message_size(max_msg),
-            );
+            .accept_http1(true)
+            .layer(metrics::GrpcMetricsLayer { metrics: metrics.clone() })
+            .add_routes(tonic::service::Routes::from(all));
         let mut stop = stop_tx.subscribe();
         // Small requests and responses must not wait for Nagle's algorithm (a 40 ms stall
         // against delayed ACKs): every accepted connection gets TCP_NODELAY.
@@ -206,12 +259,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }));
         tracing::info!(address = %addr, member_id = %format!("{member_id:x}"), cluster_id = %format!("{cluster_id:x}"), "ready to serve client requests");
     }
+    for l in metrics_listeners {
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let api = http_api.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| api.clone().metrics_listener(req));
+        let router =
+            tonic::transport::Server::builder().accept_http1(true).add_routes(tonic::service::Routes::from(app));
+        let mut stop = stop_tx.subscribe();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        }));
+        tracing::info!(address = %addr, "serving /metrics and /health");
+    }
     shutdown.await;
     tracing::info!("received stop request, shutting down");
     // A stopping member proposes no more revocations; the next leader (this member after a
     // restart) gives every lease its full TTL again.
     lessor_task.abort();
     autocompact_task.abort();
+    leader_watch.abort();
     let _ = stop_tx.send(());
     for s in servers {
         match tokio::time::timeout(Duration::from_secs(5), s).await {

@@ -134,6 +134,13 @@ impl WatchHub {
         self.inner.lock().expect("watch hub lock poisoned")
     }
 
+    /// How many watchers and watch streams are registered (etcd's
+    /// `etcd_debugging_mvcc_watcher_total` and `..._watch_stream_total`).
+    pub fn counts(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.watchers.len(), g.streams.len())
+    }
+
     /// The last published revision.
     pub fn published(&self) -> Revision {
         self.lock().published

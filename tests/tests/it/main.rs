@@ -9,6 +9,9 @@
 //!   etcdctl (grant/revoke/keep-alive/timetolive/list, expiry, restart).
 //! - `watch`: Watch streams compared response by response with etcd, `etcdctl watch`, the
 //!   watch guarantees under load (10,000 watchers, a stalled stream) and across a restart.
+//! - `http`: HTTP on the client port: the JSON gateway compared with etcd, gateway watch
+//!   streams, /health /version /livez, the metrics listener, /metrics, and the Python
+//!   `etcd3` and `etcd3gw` clients.
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
@@ -16,6 +19,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod harness;
+mod http;
 mod lease;
 mod maintenance;
 mod watch;
