@@ -8,11 +8,14 @@
 //! - [`read`]: range scans over the key index at a revision.
 //! - [`lease`]: lease records, grant and revoke at apply, lease reads (no clock: the
 //!   server's lessor decides expiry and proposes revocations).
+//! - [`auth`]: users, roles, the enabled flag and the auth revision; apply of auth commands
+//!   (password hashing, tokens and permission checks are the server's).
 //! - [`schema`]: every table and meta key (see docs/FORMAT.md).
 //! - [`record`], [`codec`]: byte formats of stored records and replicated commands.
 //! - [`watch`]: the watcher registry and the history reads of lagging watchers.
 //! - [`error`]: [`RequestError`] (one request failed) vs [`StoreError`] (the node failed).
 
+pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod lease;
