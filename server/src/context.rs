@@ -38,6 +38,8 @@ pub struct Context {
     pub hub: Arc<cairn_storage::watch::WatchHub>,
     /// etcd's `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// Tokens, the auth view and the permission checks (see `authz`).
+    pub authz: Arc<crate::authz::Authz>,
 }
 
 impl Context {
@@ -70,6 +72,19 @@ impl Context {
             Ok(Err(e)) => Err(status::write_error(&e)),
             Ok(Ok(applied)) => Ok(applied),
         }
+    }
+
+    /// For RPCs that only root may call while auth is enabled (etcd's `IsAdminPermitted`):
+    /// "user name is empty" without a token, "user name not found" for a user deleted
+    /// since, "permission denied" without role root; "invalid auth token" for a bad token
+    /// even while auth is disabled.
+    pub fn auth_admin(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.authz.check_admin(metadata)
+    }
+
+    /// For RPCs etcd lets every caller make: only a token that is present must be valid.
+    pub fn auth_token(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.authz.check_token(metadata)
     }
 
     /// Waits until a linearizable read may be served from the local store.

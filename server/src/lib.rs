@@ -6,10 +6,13 @@
 //! - [`kv`], [`maintenance`], [`cluster`]: the gRPC services (thin adapters).
 //! - [`watch`]: the Watch streams over the member's watch hub.
 //! - [`lease`]: the Lease service; [`lessor`]: lease deadlines on the leader, expiry.
+//! - [`auth`]: the Auth service; [`authz`]: tokens, the permission cache, every RPC's check.
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
 //!
 //! Services not registered yet answer Unimplemented.
 
+pub mod auth;
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -27,6 +30,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_proto::etcdserverpb::auth_server::AuthServer;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
@@ -118,14 +122,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     node.wait_for_leader(Duration::from_secs(30)).await.map_err(|e| format!("no leader elected: {e:?}"))?;
     let compactor = Arc::new(Notify::new());
     let hub = Arc::new(WatchHub::new(node.store().current_revision(), WATCH_MAX_PENDING_EVENTS));
+    let authz = Arc::new(authz::Authz::new(
+        node.store().auth_state().map_err(|e| format!("read the auth store: {e}"))?,
+        Duration::from_secs(cfg.auth_token_ttl_secs),
+        cfg.bcrypt_cost,
+    ));
     {
         // After every applied batch: publish its events to the watchers, and wake the
         // compactor if the compacted revision moved.
         let store = node.store().clone();
         let wake = compactor.clone();
         let hub = hub.clone();
+        let authz = authz.clone();
         let seen = AtomicI64::new(store.compact_revision());
         node.set_apply_listener(Arc::new(move |outcome| {
+            // Before the proposers hear back: the next request sees the new permissions.
+            authz.on_applied(outcome, &store);
             for (revision, events) in &outcome.events {
                 hub.publish(*revision, events);
             }
@@ -138,6 +150,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // Revisions applied before the listener was attached were not published, but are in
     // storage: watchers that start at or below them catch up from there.
     hub.mark_published(node.store().current_revision());
+    // Likewise auth changes applied before the listener was attached.
+    authz.reload(node.store());
     // A compaction interrupted by a crash resumes now.
     compactor.notify_one();
     tokio::spawn(context::compactor_loop(node.clone(), compactor.clone()));
@@ -154,6 +168,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         compactor,
         hub,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
+        authz,
     });
     // Lease expiry: the lessor promotes (every lease gets its full TTL) as soon as this member
     // leads, then proposes the revocation of expired leases.
@@ -178,6 +193,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .add_service(
                 ClusterServer::new(cluster::ClusterService { ctx: ctx.clone() }).max_decoding_message_size(max_msg),
             )
+            .add_service(AuthServer::new(auth::AuthService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
             .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
             .add_service(
                 LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
