@@ -22,6 +22,9 @@ use crate::status;
 /// and the token's apply (etcd retries without bound; a bound keeps a storm finite).
 const AUTHENTICATE_ATTEMPTS: usize = 16;
 
+/// etcd's answer to Authenticate for a user added with `--no-password`.
+const NO_PASSWORD_USER: &str = "auth: authentication failed, password was given for no password user";
+
 pub struct AuthService {
     pub ctx: Arc<Context>,
 }
@@ -138,8 +141,10 @@ impl Auth for AuthService {
                 return Err(EtcdError::AuthNotEnabled.status());
             }
             let hash = match view.users.get(&req.name) {
-                Some(u) if !u.no_password => u.password.clone(),
-                _ => return Err(EtcdError::AuthFailed.status()),
+                // etcd's ErrNoPasswordUser is not in its gRPC table: code Unknown, Go text.
+                Some(u) if u.no_password => return Err(Status::unknown(NO_PASSWORD_USER)),
+                Some(u) => u.password.clone(),
+                None => return Err(EtcdError::AuthFailed.status()),
             };
             let password = req.password.clone();
             let ok = tokio::task::spawn_blocking(move || {
@@ -211,7 +216,10 @@ impl Auth for AuthService {
         let who = self.authz().identify(r.metadata())?;
         let view = self.read_view().await?;
         view.admin_permitted(who.as_ref())?;
-        Ok(Response::new(pb::AuthUserListResponse { header: self.header(), users: view.users.keys().cloned().collect() }))
+        Ok(Response::new(pb::AuthUserListResponse {
+            header: self.header(),
+            users: view.users.keys().cloned().collect(),
+        }))
     }
 
     async fn user_delete(
@@ -278,7 +286,10 @@ impl Auth for AuthService {
             }
         }
         let role = view.roles.get(name).ok_or_else(|| EtcdError::RoleNotFound.status())?;
-        Ok(Response::new(pb::AuthRoleGetResponse { header: self.header(), perm: role.perms.iter().map(wire_perm).collect() }))
+        Ok(Response::new(pb::AuthRoleGetResponse {
+            header: self.header(),
+            perm: role.perms.iter().map(wire_perm).collect(),
+        }))
     }
 
     async fn role_list(
@@ -288,7 +299,10 @@ impl Auth for AuthService {
         let who = self.authz().identify(r.metadata())?;
         let view = self.read_view().await?;
         view.admin_permitted(who.as_ref())?;
-        Ok(Response::new(pb::AuthRoleListResponse { header: self.header(), roles: view.roles.keys().cloned().collect() }))
+        Ok(Response::new(pb::AuthRoleListResponse {
+            header: self.header(),
+            roles: view.roles.keys().cloned().collect(),
+        }))
     }
 
     async fn role_delete(
@@ -308,7 +322,8 @@ impl Auth for AuthService {
         let len = r.get_ref().encoded_len();
         self.authz().check_admin(r.metadata())?;
         let Some(p) = r.get_ref().perm.as_ref() else { return Err(EtcdError::PermissionNotGiven.status()) };
-        let perm = Permission { perm_type: perm_type(p.perm_type), key: p.key.to_vec(), range_end: p.range_end.to_vec() };
+        let perm =
+            Permission { perm_type: perm_type(p.perm_type), key: p.key.to_vec(), range_end: p.range_end.to_vec() };
         let cmd = AuthCommand::RoleGrantPermission { name: r.get_ref().name.clone(), perm };
         let header = self.change(r.metadata(), cmd, len).await?;
         Ok(Response::new(pb::AuthRoleGrantPermissionResponse { header: Some(header) }))
@@ -320,8 +335,11 @@ impl Auth for AuthService {
     ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
         let len = r.get_ref().encoded_len();
         let q = r.get_ref();
-        let cmd =
-            AuthCommand::RoleRevokePermission { role: q.role.clone(), key: q.key.to_vec(), range_end: q.range_end.to_vec() };
+        let cmd = AuthCommand::RoleRevokePermission {
+            role: q.role.clone(),
+            key: q.key.to_vec(),
+            range_end: q.range_end.to_vec(),
+        };
         let header = self.change(r.metadata(), cmd, len).await?;
         Ok(Response::new(pb::AuthRoleRevokePermissionResponse { header: Some(header) }))
     }

@@ -313,7 +313,9 @@ impl Authz {
             let mut tokens = self.tokens.lock().expect("token lock poisoned");
             match r {
                 AuthResponse::Token { name, token } => {
-                    tokens.by_token.insert(token.clone(), TokenEntry { user: name.clone(), deadline: now + self.token_ttl });
+                    tokens
+                        .by_token
+                        .insert(token.clone(), TokenEntry { user: name.clone(), deadline: now + self.token_ttl });
                     if now.duration_since(tokens.last_sweep) >= Duration::from_secs(1) {
                         tokens.by_token.retain(|_, e| e.deadline > now);
                         tokens.last_sweep = now;
@@ -497,7 +499,10 @@ mod tests {
         let denied = v.read_permitted(None, b"a", b"").expect_err("no user");
         assert_eq!(denied.message(), "etcdserver: user name is empty");
         let ghost = Some(AuthInfo { user: "ghost".into() });
-        assert_eq!(v.read_permitted(ghost.as_ref(), b"a", b"").expect_err("ghost").code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            v.read_permitted(ghost.as_ref(), b"a", b"").expect_err("ghost").code(),
+            tonic::Code::PermissionDenied
+        );
         let root = Some(AuthInfo { user: "root".into() });
         assert!(v.write_permitted(root.as_ref(), b"", &[0]).is_ok());
         assert!(v.admin_permitted(root.as_ref()).is_ok());
