@@ -23,10 +23,11 @@ fn unexpected(what: &str) -> Status {
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, name = "kv.range")]
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::range_req(&r);
         validate::check_range(&dreq).map_err(|e| status::request_error(&e))?;
+        self.ctx.authz.check_range(&md, &dreq.key, &dreq.range_end)?;
         if !r.serializable {
             self.ctx.linearizable_barrier().await?;
         }
@@ -48,11 +49,12 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "kv.put")]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::put_req(&r);
         validate::check_put(&dreq).map_err(|e| status::request_error(&e))?;
-        let applied = self.ctx.propose(Command::Put(dreq), r.encoded_len()).await?;
+        let cmd = self.ctx.authz.authorize(&md, self.ctx.node.store(), Command::Put(dreq))?;
+        let applied = self.ctx.propose(cmd, r.encoded_len()).await?;
         match applied.result {
             Ok(CommandResponse::Put(p)) => Ok(Response::new(convert::put_resp(p, self.ctx.header(applied.revision)))),
             Ok(_) => Err(unexpected("put")),
@@ -65,11 +67,12 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::delete_req(&r);
         validate::check_delete(&dreq).map_err(|e| status::request_error(&e))?;
-        let applied = self.ctx.propose(Command::DeleteRange(dreq), r.encoded_len()).await?;
+        let cmd = self.ctx.authz.authorize(&md, self.ctx.node.store(), Command::DeleteRange(dreq))?;
+        let applied = self.ctx.propose(cmd, r.encoded_len()).await?;
         match applied.result {
             Ok(CommandResponse::DeleteRange(d)) => {
                 Ok(Response::new(convert::delete_resp(d, self.ctx.header(applied.revision))))
@@ -81,11 +84,12 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "kv.txn")]
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::txn_req(&r);
         validate::check_txn(&dreq, self.ctx.max_txn_ops).map_err(|e| status::request_error(&e))?;
-        let applied = self.ctx.propose(Command::Txn(dreq), r.encoded_len()).await?;
+        let cmd = self.ctx.authz.authorize(&md, self.ctx.node.store(), Command::Txn(dreq))?;
+        let applied = self.ctx.propose(cmd, r.encoded_len()).await?;
         match applied.result {
             Ok(CommandResponse::Txn(t)) => Ok(Response::new(convert::txn_resp(t, self.ctx.header(applied.revision)))),
             Ok(_) => Err(unexpected("txn")),
@@ -98,9 +102,11 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let cmd = Command::Compact(CompactionRequest { revision: r.revision, physical: r.physical });
+        // etcd 3.5 checks no permission for Compact; only a token that is sent must be valid.
+        let cmd = self.ctx.authz.authorize(&md, self.ctx.node.store(), cmd)?;
         let applied = self.ctx.propose(cmd, r.encoded_len()).await?;
         match applied.result {
             Ok(CommandResponse::Compact) => {

@@ -100,9 +100,10 @@ async fn revoke(
     ctx: Arc<Context>,
     lessor: Arc<Lessor>,
     id: LeaseId,
+    cmd: Command,
     encoded_len: usize,
 ) -> Result<pb::LeaseRevokeResponse, Status> {
-    let applied = ctx.propose(Command::LeaseRevoke { id }, encoded_len).await?;
+    let applied = ctx.propose(cmd, encoded_len).await?;
     match applied.result {
         Ok(CommandResponse::LeaseRevoke) => {
             lessor.revoked(id);
@@ -165,6 +166,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // etcd 3.5 checks no permission for a grant; a token that is sent must be valid.
+        self.ctx.auth_token(request.metadata())?;
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         st_lease::check_grant(r.ttl).map_err(|e| status::request_error(&e))?;
@@ -178,9 +181,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
-        let task = tokio::spawn(revoke(self.ctx.clone(), self.lessor.clone(), r.id, r.encoded_len()));
+        // etcd: the caller must be able to write every key attached to the lease.
+        let cmd = self.ctx.authz.authorize(&md, self.ctx.node.store(), Command::LeaseRevoke { id: r.id })?;
+        let task = tokio::spawn(revoke(self.ctx.clone(), self.lessor.clone(), r.id, cmd, r.encoded_len()));
         Ok(Response::new(task.await.map_err(join_error)??))
     }
 
@@ -201,12 +206,16 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
         // Only the leader knows the deadlines (etcd forwards to it).
         self.lessor.wait_primary().await.map_err(|e| lessor_error(e, &self.ctx))?;
         let store = self.ctx.node.store().clone();
         let info = tokio::task::block_in_place(|| store.lease(r.id, r.keys)).map_err(|e| status::store_error(&e))?;
+        if let (true, Some(info)) = (r.keys, &info) {
+            // etcd 3.5.9+ (a security fix over 3.5.1): the key names need read permission.
+            self.ctx.authz.check_lease_keys_readable(&md, &info.keys)?;
+        }
         let header = Some(self.ctx.header(store.current_revision()));
         let resp = match info {
             None => pb::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },

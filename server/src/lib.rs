@@ -6,6 +6,7 @@
 //! - [`kv`], [`maintenance`], [`cluster`]: the gRPC services (thin adapters).
 //! - [`watch`]: the Watch streams over the member's watch hub.
 //! - [`lease`]: the Lease service; [`lessor`]: lease deadlines on the leader, expiry.
+//! - [`auth`]: the Auth service; [`authz`]: tokens, the permission cache, every RPC's check.
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
 //! - [`http`]: plain HTTP on the client port (/health, /version, /metrics) and on the
 //!   metrics listeners; [`gateway`]: etcd's JSON gateway (`/v3/...`).
@@ -14,6 +15,8 @@
 //! Services not registered yet answer Unimplemented.
 
 pub mod autocompact;
+pub mod auth;
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -35,6 +38,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_proto::etcdserverpb::auth_server::AuthServer;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
@@ -144,6 +148,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let compactor = Arc::new(Notify::new());
     let hub = Arc::new(WatchHub::new(node.store().current_revision(), WATCH_MAX_PENDING_EVENTS));
     let metrics = Arc::new(metrics::Metrics::new(cfg.quota_backend_bytes, count_keys(&node)?));
+    let authz = Arc::new(authz::Authz::new(
+        node.store().auth_state().map_err(|e| format!("read the auth store: {e}"))?,
+        Duration::from_secs(cfg.auth_token_ttl_secs),
+        cfg.bcrypt_cost,
+    ));
     {
         // After every applied batch: publish its events to the watchers, and wake the
         // compactor if the compacted revision moved.
@@ -151,8 +160,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let wake = compactor.clone();
         let hub = hub.clone();
         let metrics = metrics.clone();
+        let authz = authz.clone();
         let seen = AtomicI64::new(store.compact_revision());
         node.set_apply_listener(Arc::new(move |outcome| {
+            // Before the proposers hear back: the next request sees the new permissions.
+            authz.on_applied(outcome, &store);
             metrics.on_apply(outcome);
             for (revision, events) in &outcome.events {
                 hub.publish(*revision, events);
@@ -166,6 +178,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // Revisions applied before the listener was attached were not published, but are in
     // storage: watchers that start at or below them catch up from there.
     hub.mark_published(node.store().current_revision());
+    // Likewise auth changes applied before the listener was attached.
+    authz.reload(node.store());
     // A compaction interrupted by a crash resumes now.
     compactor.notify_one();
     tokio::spawn(context::compactor_loop(node.clone(), compactor.clone()));
@@ -184,6 +198,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         quota_backend_bytes: cfg.quota_backend_bytes,
         maintenance: maintenance::MaintenanceState::default(),
+        authz,
     });
     // Lease expiry: the lessor promotes (every lease gets its full TTL) as soon as this member
     // leads, then proposes the revocation of expired leases.
@@ -232,7 +247,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .add_service(
             LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
                 .max_decoding_message_size(max_msg),
-        );
+        )
+        .add_service(AuthServer::new(auth::AuthService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
         // gRPC (HTTP/2) and plain HTTP (HTTP/1.1 or h2) share the port, as in etcd: gRPC
         // services are routed by their paths, everything else goes to the HTTP API.
         let api = http_api.clone();

@@ -103,6 +103,8 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     #[tracing::instrument(level = "debug", skip_all, name = "maintenance.alarm")]
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        // etcd: no permission needed; a token that is given must be valid.
+        self.ctx.auth_token(request.metadata())?;
         let r = request.into_inner();
         let ctx = &self.ctx;
         let action = pb::alarm_request::AlarmAction::try_from(r.action)
@@ -176,8 +178,9 @@ impl Maintenance for MaintenanceService {
     #[tracing::instrument(level = "info", skip_all, name = "maintenance.defragment")]
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.ctx.auth_admin_maintenance(request.metadata())?;
         let store = self.ctx.node.store().clone();
         let report = tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -199,7 +202,8 @@ impl Maintenance for MaintenanceService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, name = "maintenance.hash")]
-    async fn hash(&self, _request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        self.ctx.auth_admin_maintenance(request.metadata())?;
         let store = self.ctx.node.store().clone();
         let revision = store.current_revision();
         let hash = tokio::task::spawn_blocking(move || store.hash_all())
@@ -211,6 +215,7 @@ impl Maintenance for MaintenanceService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "maintenance.hash_kv")]
     async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.ctx.auth_admin_maintenance(request.metadata())?;
         let r = request.into_inner();
         let store = self.ctx.node.store().clone();
         let current = store.current_revision();
@@ -230,7 +235,8 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     #[tracing::instrument(level = "info", skip_all, name = "maintenance.snapshot")]
-    async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.ctx.auth_admin_maintenance(request.metadata())?;
         let store = self.ctx.node.store().clone();
         let header = self.ctx.header(store.current_revision());
         let estimate = self.ctx.node.db_size();

@@ -37,6 +37,9 @@ const ROUNDS_PER_WAKE: usize = 64;
 
 /// etcd's message for a watch on an empty range.
 const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// etcd's cancel reason for a watch the caller may not read (the Go text of
+/// `rpctypes.ErrGRPCPermissionDenied`).
+const ERR_PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 /// etcd's message for a client-chosen watch ID already in use on the stream.
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -66,11 +69,11 @@ impl Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let require_leader = request.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
-        let inbound = request.into_inner();
+        let (metadata, _, inbound) = request.into_parts();
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            let mut s = StreamTask::new(ctx, tx, require_leader);
+            let mut s = StreamTask::new(ctx, tx, require_leader, metadata);
             s.run(inbound).await;
             s.ctx.hub.close_stream(s.sid);
         });
@@ -93,6 +96,8 @@ struct StreamTask {
     notify: Arc<Notify>,
     sid: u64,
     require_leader: bool,
+    /// The stream's metadata: its token is checked at every create, as etcd does.
+    metadata: tonic::metadata::MetadataMap,
     by_hub: HashMap<WatcherId, WatcherInfo>,
     /// Client watch IDs in use. `None`: the server canceled the watcher (compaction); the
     /// ID stays taken until the client cancels it, as in etcd.
@@ -106,7 +111,12 @@ struct StreamTask {
 struct Closed;
 
 impl StreamTask {
-    fn new(ctx: Arc<Context>, tx: mpsc::Sender<Result<pb::WatchResponse, Status>>, require_leader: bool) -> StreamTask {
+    fn new(
+        ctx: Arc<Context>,
+        tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+        require_leader: bool,
+        metadata: tonic::metadata::MetadataMap,
+    ) -> StreamTask {
         let notify = Arc::new(Notify::new());
         let waker = Waker::from(Arc::new(NotifyWaker(notify.clone())));
         let sid = ctx.hub.open_stream(waker);
@@ -116,6 +126,7 @@ impl StreamTask {
             notify,
             sid,
             require_leader,
+            metadata,
             by_hub: HashMap::new(),
             by_watch_id: HashMap::new(),
             next_watch_id: 0,
@@ -232,6 +243,10 @@ impl StreamTask {
         };
         if self.require_leader && !self.ctx.node.has_leader() {
             let r = fail(status::NO_LEADER_MESSAGE);
+            return self.send(r).await;
+        }
+        if !self.ctx.authz.watch_permitted(&self.metadata, &c.key, &c.range_end) {
+            let r = pb::WatchResponse { watch_id: c.watch_id, ..fail(ERR_PERMISSION_DENIED) };
             return self.send(r).await;
         }
         let from_key = c.range_end.as_ref() == [0];

@@ -151,6 +151,17 @@ impl Command {
                 w.u64(alarm.member_id);
                 w.u8(alarm_type_code(alarm.alarm));
             }
+            Command::Auth(a) => {
+                w.u8(8);
+                auth_cmd(&mut w, a);
+            }
+            Command::AuthChecked { auth_revision, command } => {
+                // One level only: the server wraps a client command once.
+                w.u8(9);
+                w.u64(*auth_revision);
+                let inner = command.encode();
+                w.bytes(&inner);
+            }
         }
         let crc = crc32fast::hash(&w.buf);
         w.u32(crc);
@@ -188,11 +199,119 @@ impl Command {
                 let alarm = alarm_type_from_code(r.u8()?)?;
                 Command::Alarm { action, alarm: AlarmMember { member_id, alarm } }
             }
+            8 => Command::Auth(read_auth_cmd(&mut r)?),
+            9 => {
+                let auth_revision = r.u64()?;
+                let inner = Command::decode(r.bytes()?)?;
+                if matches!(inner, Command::AuthChecked { .. }) {
+                    return Err(DecodeError("nested auth check".into()));
+                }
+                Command::AuthChecked { auth_revision, command: Box::new(inner) }
+            }
             t => return Err(DecodeError(format!("command tag {t} unknown"))),
         };
         r.finish()?;
         Ok(cmd)
     }
+}
+
+fn string(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    String::from_utf8(r.vec()?).map_err(|_| DecodeError("name is not UTF-8".into()))
+}
+
+fn auth_cmd(w: &mut Writer, a: &AuthCommand) {
+    match a {
+        AuthCommand::Enable => w.u8(1),
+        AuthCommand::Disable => w.u8(2),
+        AuthCommand::Authenticate { name, token_prefix } => {
+            w.u8(3);
+            w.bytes(name.as_bytes());
+            w.bytes(token_prefix.as_bytes());
+        }
+        AuthCommand::UserAdd { name, password_hash, no_password } => {
+            w.u8(4);
+            w.bytes(name.as_bytes());
+            w.bytes(password_hash);
+            w.bool(*no_password);
+        }
+        AuthCommand::UserDelete { name } => {
+            w.u8(5);
+            w.bytes(name.as_bytes());
+        }
+        AuthCommand::UserChangePassword { name, password_hash } => {
+            w.u8(6);
+            w.bytes(name.as_bytes());
+            w.bytes(password_hash);
+        }
+        AuthCommand::UserGrantRole { user, role } => {
+            w.u8(7);
+            w.bytes(user.as_bytes());
+            w.bytes(role.as_bytes());
+        }
+        AuthCommand::UserRevokeRole { name, role } => {
+            w.u8(8);
+            w.bytes(name.as_bytes());
+            w.bytes(role.as_bytes());
+        }
+        AuthCommand::RoleAdd { name } => {
+            w.u8(9);
+            w.bytes(name.as_bytes());
+        }
+        AuthCommand::RoleDelete { role } => {
+            w.u8(10);
+            w.bytes(role.as_bytes());
+        }
+        AuthCommand::RoleGrantPermission { name, perm } => {
+            w.u8(11);
+            w.bytes(name.as_bytes());
+            permission(w, perm);
+        }
+        AuthCommand::RoleRevokePermission { role, key, range_end } => {
+            w.u8(12);
+            w.bytes(role.as_bytes());
+            w.bytes(key);
+            w.bytes(range_end);
+        }
+    }
+}
+
+fn read_auth_cmd(r: &mut Reader<'_>) -> Result<AuthCommand, DecodeError> {
+    Ok(match r.u8()? {
+        1 => AuthCommand::Enable,
+        2 => AuthCommand::Disable,
+        3 => AuthCommand::Authenticate { name: string(r)?, token_prefix: string(r)? },
+        4 => AuthCommand::UserAdd { name: string(r)?, password_hash: r.vec()?, no_password: r.bool()? },
+        5 => AuthCommand::UserDelete { name: string(r)? },
+        6 => AuthCommand::UserChangePassword { name: string(r)?, password_hash: r.vec()? },
+        7 => AuthCommand::UserGrantRole { user: string(r)?, role: string(r)? },
+        8 => AuthCommand::UserRevokeRole { name: string(r)?, role: string(r)? },
+        9 => AuthCommand::RoleAdd { name: string(r)? },
+        10 => AuthCommand::RoleDelete { role: string(r)? },
+        11 => AuthCommand::RoleGrantPermission { name: string(r)?, perm: read_permission(r)? },
+        12 => AuthCommand::RoleRevokePermission { role: string(r)?, key: r.vec()?, range_end: r.vec()? },
+        t => return Err(DecodeError(format!("auth command tag {t} unknown"))),
+    })
+}
+
+/// A permission: `u8 type | bytes key | bytes range_end` (also the layout inside role records).
+pub(crate) fn permission(w: &mut Writer, p: &Permission) {
+    w.u8(match p.perm_type {
+        PermType::Read => 0,
+        PermType::Write => 1,
+        PermType::ReadWrite => 2,
+    });
+    w.bytes(&p.key);
+    w.bytes(&p.range_end);
+}
+
+pub(crate) fn read_permission(r: &mut Reader<'_>) -> Result<Permission, DecodeError> {
+    let perm_type = match r.u8()? {
+        0 => PermType::Read,
+        1 => PermType::Write,
+        2 => PermType::ReadWrite,
+        x => return Err(DecodeError(format!("permission type {x}"))),
+    };
+    Ok(Permission { perm_type, key: r.vec()?, range_end: r.vec()? })
 }
 
 fn range_req(w: &mut Writer, r: &RangeRequest) {
@@ -425,6 +544,49 @@ mod tests {
             assert!(Command::decode(&bad).is_err(), "flipped byte {i} not detected");
         }
         assert!(Command::decode(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn auth_commands_round_trip() {
+        let perm = |t, k: &[u8], e: &[u8]| Permission { perm_type: t, key: k.to_vec(), range_end: e.to_vec() };
+        let s = |x: &str| x.to_string();
+        let cmds = vec![
+            AuthCommand::Enable,
+            AuthCommand::Disable,
+            AuthCommand::Authenticate { name: s("root"), token_prefix: s("abcdefghABCDEFGH") },
+            AuthCommand::UserAdd { name: s("alice"), password_hash: b"$2b$04$xyz".to_vec(), no_password: false },
+            AuthCommand::UserAdd { name: s("bob"), password_hash: Vec::new(), no_password: true },
+            AuthCommand::UserDelete { name: s("\u{e9}t\u{e9}") },
+            AuthCommand::UserChangePassword { name: s("alice"), password_hash: b"h".to_vec() },
+            AuthCommand::UserGrantRole { user: s("alice"), role: s("r") },
+            AuthCommand::UserRevokeRole { name: s("alice"), role: s("r") },
+            AuthCommand::RoleAdd { name: s("r") },
+            AuthCommand::RoleDelete { role: s("r") },
+            AuthCommand::RoleGrantPermission { name: s("r"), perm: perm(PermType::Read, b"a", b"") },
+            AuthCommand::RoleGrantPermission { name: s("r"), perm: perm(PermType::Write, b"p/", b"p0") },
+            AuthCommand::RoleGrantPermission { name: s("r"), perm: perm(PermType::ReadWrite, b"z", &[0]) },
+            AuthCommand::RoleRevokePermission { role: s(""), key: Vec::new(), range_end: vec![0] },
+        ];
+        for a in cmds {
+            for cmd in [
+                Command::Auth(a.clone()),
+                Command::AuthChecked { auth_revision: 17, command: Box::new(Command::Auth(a.clone())) },
+            ] {
+                let enc = cmd.encode();
+                assert_eq!(Command::decode(&enc).expect("round trip"), cmd);
+                assert!(Command::decode(&enc[..enc.len() - 1]).is_err());
+                for i in 0..enc.len() {
+                    let mut bad = enc.clone();
+                    bad[i] ^= 0x20;
+                    assert!(Command::decode(&bad).is_err(), "flipped byte {i} of {cmd:?} not detected");
+                }
+            }
+        }
+        let put = Command::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() });
+        let checked = Command::AuthChecked { auth_revision: u64::MAX, command: Box::new(put) };
+        assert_eq!(Command::decode(&checked.encode()).expect("round trip"), checked);
+        let nested = Command::AuthChecked { auth_revision: 1, command: Box::new(checked) };
+        assert!(Command::decode(&nested.encode()).is_err(), "a nested auth check is refused");
     }
 
     #[test]

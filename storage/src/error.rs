@@ -23,17 +23,51 @@ pub enum RequestError {
     /// Two puts of one key, or a put inside a deleted range, in one txn.
     DuplicateKey,
     /// The requested revision is at or below the compacted revision.
-    Compacted { compact_revision: Revision },
+    Compacted {
+        compact_revision: Revision,
+    },
     /// The requested revision is above the current revision.
-    FutureRevision { current_revision: Revision },
+    FutureRevision {
+        current_revision: Revision,
+    },
     /// The lease does not exist.
-    LeaseNotFound { lease: LeaseId },
+    LeaseNotFound {
+        lease: LeaseId,
+    },
     /// A grant of a lease ID that exists.
-    LeaseExist { lease: LeaseId },
+    LeaseExist {
+        lease: LeaseId,
+    },
     /// A grant with a TTL above `lease::MAX_LEASE_TTL_SECS`.
-    LeaseTtlTooLarge { ttl_secs: i64 },
+    LeaseTtlTooLarge {
+        ttl_secs: i64,
+    },
     /// The NOSPACE alarm is raised and the request adds data.
     NoSpace,
+    /// Auth: Authenticate while auth is disabled.
+    AuthNotEnabled,
+    /// Auth: unknown user, wrong password, or a user without password.
+    AuthFailed,
+    /// Auth: AuthEnable without a user `root`.
+    RootUserNotExist,
+    /// Auth: AuthEnable while user `root` lacks the role `root`.
+    RootRoleNotExist,
+    UserAlreadyExist,
+    UserEmpty,
+    UserNotFound,
+    RoleAlreadyExist,
+    RoleEmpty,
+    RoleNotFound,
+    /// Auth: revoking a role the user does not have.
+    RoleNotGranted,
+    /// Auth: revoking a permission the role does not have.
+    PermissionNotGranted,
+    /// Auth: a change that would lock out the administrator (root while auth is enabled).
+    InvalidAuthMgmt,
+    /// Auth: the request was checked against an auth revision that is no longer current.
+    AuthOldRevision,
+    /// Auth: the user may not do this.
+    PermissionDenied,
 }
 
 impl fmt::Display for RequestError {
@@ -55,6 +89,21 @@ impl fmt::Display for RequestError {
             RequestError::LeaseExist { lease } => write!(f, "lease {lease:x} already exists"),
             RequestError::LeaseTtlTooLarge { ttl_secs } => write!(f, "too large lease TTL ({ttl_secs} s)"),
             RequestError::NoSpace => write!(f, "database space exceeded"),
+            RequestError::AuthNotEnabled => write!(f, "authentication is not enabled"),
+            RequestError::AuthFailed => write!(f, "authentication failed, invalid user ID or password"),
+            RequestError::RootUserNotExist => write!(f, "root user does not exist"),
+            RequestError::RootRoleNotExist => write!(f, "root user does not have root role"),
+            RequestError::UserAlreadyExist => write!(f, "user name already exists"),
+            RequestError::UserEmpty => write!(f, "user name is empty"),
+            RequestError::UserNotFound => write!(f, "user name not found"),
+            RequestError::RoleAlreadyExist => write!(f, "role name already exists"),
+            RequestError::RoleEmpty => write!(f, "role name is empty"),
+            RequestError::RoleNotFound => write!(f, "role name not found"),
+            RequestError::RoleNotGranted => write!(f, "role is not granted to the user"),
+            RequestError::PermissionNotGranted => write!(f, "permission is not granted to the role"),
+            RequestError::InvalidAuthMgmt => write!(f, "invalid auth management"),
+            RequestError::AuthOldRevision => write!(f, "revision of auth store is old"),
+            RequestError::PermissionDenied => write!(f, "permission denied"),
         }
     }
 }

@@ -9,11 +9,14 @@
 //! - [`lease`]: lease records, grant and revoke at apply, lease reads (no clock: the
 //!   server's lessor decides expiry and proposes revocations).
 //! - [`maintenance`]: alarms, hashes, space in use, defragmentation while serving.
+//! - [`auth`]: users, roles, the enabled flag and the auth revision; apply of auth commands
+//!   (password hashing, tokens and permission checks are the server's).
 //! - [`schema`]: every table and meta key (see docs/FORMAT.md).
 //! - [`record`], [`codec`]: byte formats of stored records and replicated commands.
 //! - [`watch`]: the watcher registry and the history reads of lagging watchers.
 //! - [`error`]: [`RequestError`] (one request failed) vs [`StoreError`] (the node failed).
 
+pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod lease;

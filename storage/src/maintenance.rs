@@ -18,6 +18,8 @@
 //!    rest, make the new file durable, rename it over the old one, and switch the store to it.
 //!    Readers that hold the old file keep it open until they finish.
 //!
+//! Every table is copied (`copy_all`): a new table must be added there.
+//!
 //! Physical compaction waits while a defragmentation runs (both rewrite rows). A crash at any
 //! point leaves either the old file (leftovers are removed at the next open) or, after the
 //! rename, the complete new one.
@@ -52,7 +54,14 @@ const COPY_BATCH_BYTES: usize = 1 << 20;
 /// under the writer lock.
 const CATCH_UP_BATCHES: usize = 4;
 
-/// At most this much of the spill file is replayed while applies wait.
+/// Most replay rounds before the switch.
+const CATCH_UP_ROUNDS: usize = 100;
+
+/// Tries to find a moment with little to replay before the switch replays what is left.
+const SWITCH_TRIES: usize = 4;
+
+/// At most this much of the spill file is replayed while applies wait (unless the switch
+/// ran out of tries).
 const MAX_LOCKED_REPLAY_BYTES: u64 = 64 << 10;
 
 pub(crate) fn read_alarms(
@@ -200,7 +209,8 @@ impl Store {
         // 3. Catch up without the lock.
         let mut log = File::open(log_path)?;
         let mut pos = 0u64;
-        loop {
+        // Bounded: applies as fast as replay could keep this going forever.
+        for _ in 0..CATCH_UP_ROUNDS {
             let n = replay(&mut log, &mut pos, &copy)?;
             if n < CATCH_UP_BATCHES {
                 break;
@@ -209,10 +219,14 @@ impl Store {
         // 4. The pause: the rest, durably, then the switch. The writer lock is not fair: while
         //    we waited for it, applies may have gone on; if much piled up, replay it outside
         //    the lock and try again.
+        //    After a few tries (applies arriving as fast as they can be replayed) it replays
+        //    whatever is left under the lock: progress over a short pause.
+        let mut tries = 0;
         let (w, paused) = loop {
             let w = self.writer();
             let paused = Instant::now();
-            if log.metadata()?.len() - pos <= MAX_LOCKED_REPLAY_BYTES {
+            tries += 1;
+            if tries >= SWITCH_TRIES || log.metadata()?.len() - pos <= MAX_LOCKED_REPLAY_BYTES {
                 break (w, paused);
             }
             drop(w);
@@ -358,6 +372,22 @@ impl Store {
             h.update(&lease.to_le_bytes());
             h.update(key);
         }
+        for table in [AUTH_USERS, AUTH_ROLES] {
+            if let Ok(t) = rtx.open_table(table) {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    h.update(k.value().as_bytes());
+                    h.update(v.value());
+                }
+            }
+        }
+        if let Ok(t) = rtx.open_table(AUTH_META) {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                h.update(k.value().as_bytes());
+                h.update(&v.value().to_le_bytes());
+            }
+        }
         let meta = rtx.open_table(META)?;
         for key in [META_CURRENT_REVISION, META_COMPACT_REVISION, META_ALARMS] {
             if let Some(v) = meta.get(key)? {
@@ -434,6 +464,9 @@ fn copy_all(src: &ReadTransaction, db: &Database) -> Result<(), StoreError> {
     copy_table(src, db, REVS)?;
     copy_table(src, db, LEASES)?;
     copy_table(src, db, LEASE_KEYS)?;
+    copy_table(src, db, AUTH_USERS)?;
+    copy_table(src, db, AUTH_ROLES)?;
+    copy_table(src, db, AUTH_META)?;
     let mut wtx = db.begin_write()?;
     wtx.set_durability(Durability::Immediate)?;
     wtx.commit()?;

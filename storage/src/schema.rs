@@ -24,6 +24,20 @@ pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 /// Keys attached to a lease: `(lease id, key) -> ()`, one row per live key with that lease.
 pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 
+/// Auth users: `name -> record` (`auth::UserRecord`).
+pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
+
+/// Auth roles: `name -> record` (`auth::RoleRecord`).
+pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
+
+/// Auth state: [`AUTH_ENABLED`] (0 or 1) and [`AUTH_REVISION`] (etcd's auth revision, bumped
+/// by every auth change).
+pub const AUTH_META: TableDefinition<&str, u64> = TableDefinition::new("auth_meta");
+/// Row of [`AUTH_META`]: 1 when auth is enabled.
+pub const AUTH_ENABLED: &str = "enabled";
+/// Row of [`AUTH_META`]: the auth revision (1 in a fresh store, as etcd).
+pub const AUTH_REVISION: &str = "revision";
+
 /// Key-index flag: this revision deleted the key.
 pub const FLAG_TOMBSTONE: u8 = 1;
 

@@ -20,6 +20,9 @@ const TAG_INDEX: u8 = 2;
 const TAG_REV: u8 = 3;
 const TAG_LEASE: u8 = 4;
 const TAG_LEASE_KEY: u8 = 5;
+const TAG_AUTH_USER: u8 = 6;
+const TAG_AUTH_ROLE: u8 = 7;
+const TAG_AUTH_META: u8 = 8;
 const TAG_END: u8 = 0xFF;
 /// No single field of a snapshot may be larger than this (a request is at most a few MiB).
 const MAX_FIELD_BYTES: usize = 64 << 20;
@@ -95,6 +98,22 @@ impl Store {
             w.buf.bytes(key);
             w.flush_row()?;
         }
+        for (tag, table) in [(TAG_AUTH_USER, AUTH_USERS), (TAG_AUTH_ROLE, AUTH_ROLES)] {
+            for row in rtx.open_table(table)?.iter()? {
+                let (k, v) = row?;
+                w.buf.u8(tag);
+                w.buf.bytes(k.value().as_bytes());
+                w.buf.bytes(v.value());
+                w.flush_row()?;
+            }
+        }
+        for row in rtx.open_table(AUTH_META)?.iter()? {
+            let (k, v) = row?;
+            w.buf.u8(TAG_AUTH_META);
+            w.buf.bytes(k.value().as_bytes());
+            w.buf.u64(v.value());
+            w.flush_row()?;
+        }
         w.buf.u8(TAG_END);
         w.flush_row()?;
         let crc = w.crc.clone().finalize();
@@ -122,7 +141,7 @@ impl Store {
         let db = self.database();
         let mut wtx = db.begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
-        for name in ["meta", "key_index", "revs", "leases", "lease_keys"] {
+        for name in ["meta", "key_index", "revs", "leases", "lease_keys", "auth_users", "auth_roles", "auth_meta"] {
             wtx.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new(name))?;
         }
         let (current, compacted) = {
@@ -131,6 +150,10 @@ impl Store {
             let mut revs = wtx.open_table(REVS)?;
             let mut leases = wtx.open_table(LEASES)?;
             let mut lease_keys = wtx.open_table(LEASE_KEYS)?;
+            let mut auth_users = wtx.open_table(AUTH_USERS)?;
+            let mut auth_roles = wtx.open_table(AUTH_ROLES)?;
+            let mut auth_meta = wtx.open_table(AUTH_META)?;
+            let utf8 = |b: Vec<u8>| String::from_utf8(b).map_err(|_| DecodeError("auth row name not utf-8".into()));
             loop {
                 match r.u8()? {
                     TAG_META => {
@@ -158,6 +181,21 @@ impl Store {
                         let id = r.i64()?;
                         let k = r.field()?;
                         lease_keys.insert((id, k.as_slice()), ())?;
+                    }
+                    TAG_AUTH_USER => {
+                        let k = utf8(r.field()?)?;
+                        let v = r.field()?;
+                        auth_users.insert(k.as_str(), v.as_slice())?;
+                    }
+                    TAG_AUTH_ROLE => {
+                        let k = utf8(r.field()?)?;
+                        let v = r.field()?;
+                        auth_roles.insert(k.as_str(), v.as_slice())?;
+                    }
+                    TAG_AUTH_META => {
+                        let k = utf8(r.field()?)?;
+                        let v = r.u64()?;
+                        auth_meta.insert(k.as_str(), v)?;
                     }
                     TAG_END => break,
                     t => return Err(DecodeError(format!("snapshot row tag {t}")).into()),

@@ -79,6 +79,18 @@ pub(crate) struct Tables<'t> {
     revs: Table<'t, (u64, u64), &'static [u8]>,
     pub(crate) leases: Table<'t, i64, &'static [u8]>,
     pub(crate) lease_keys: Table<'t, (i64, &'static [u8]), ()>,
+    wtx: &'t WriteTransaction,
+    /// Opened on the first auth command of the batch (most batches have none).
+    auth: Option<crate::auth::AuthTables<'t>>,
+}
+
+impl<'t> Tables<'t> {
+    fn auth(&mut self) -> Result<&mut crate::auth::AuthTables<'t>, StoreError> {
+        if self.auth.is_none() {
+            self.auth = Some(crate::auth::AuthTables::open(self.wtx)?);
+        }
+        Ok(self.auth.as_mut().expect("opened above"))
+    }
 }
 
 /// The state of one apply in progress: revision counters and the events made so far.
@@ -91,9 +103,14 @@ pub(crate) struct ApplyState {
     /// Sub-revision for the next change in the revision being written.
     next_sub: u64,
     events: Vec<Event>,
+    /// Raft index of the entry being applied (simple tokens are named after it).
+    index: u64,
 }
 
 impl ApplyState {
+    pub(crate) fn index(&self) -> u64 {
+        self.index
+    }
     /// The revision changes of the running command are written at.
     fn write_rev(&self) -> Revision {
         self.current + 1
@@ -145,6 +162,9 @@ fn init_file(db: &Database) -> Result<(Revision, Revision), StoreError> {
         wtx.open_table(REVS)?;
         wtx.open_table(LEASES)?;
         wtx.open_table(LEASE_KEYS)?;
+        wtx.open_table(AUTH_USERS)?;
+        wtx.open_table(AUTH_ROLES)?;
+        wtx.open_table(AUTH_META)?;
         (current, compacted)
     };
     wtx.commit()?;
@@ -280,10 +300,19 @@ impl Store {
                 revs: wtx.open_table(REVS)?,
                 leases: wtx.open_table(LEASES)?,
                 lease_keys: wtx.open_table(LEASE_KEYS)?,
+                wtx: &wtx,
+                auth: None,
             };
             let alarms = crate::maintenance::read_alarms(&meta)?;
-            let mut st =
-                ApplyState { current, compacted, alarms, alarms_changed: false, next_sub: 0, events: Vec::new() };
+            let mut st = ApplyState {
+                current,
+                compacted,
+                alarms,
+                alarms_changed: false,
+                next_sub: 0,
+                events: Vec::new(),
+                index: 0,
+            };
             let mut last_index = None;
             for e in entries {
                 if let Some(prev) = last_index {
@@ -296,6 +325,7 @@ impl Store {
                     continue;
                 };
                 let before = st.current;
+                st.index = e.index;
                 let result = apply_command(&mut t, &mut st, cmd)?;
                 if st.next_sub > 0 {
                     st.current += 1;
@@ -515,6 +545,15 @@ fn apply_command(
                 },
             };
             Ok(Ok(CommandResponse::Alarm(changed)))
+        }
+        Command::Auth(a) => crate::auth::apply(t.auth()?, st, a),
+        Command::AuthChecked { auth_revision, command } => {
+            // etcd's check at apply: permissions were checked at `auth_revision`; any auth
+            // change since then may have taken them away.
+            if t.auth()?.revision()? > *auth_revision {
+                return Ok(Err(RequestError::AuthOldRevision));
+            }
+            apply_command(t, st, command)
         }
     }
 }

@@ -179,6 +179,15 @@ pub enum Command {
         action: AlarmAction,
         alarm: AlarmMember,
     },
+    /// A change to users, roles or the enabled flag, or the assignment of a token.
+    Auth(AuthCommand),
+    /// `command`, applied only if the auth store is still at `auth_revision`: the server
+    /// checked the request's permissions against that revision (etcd's auth-revision check;
+    /// otherwise "revision of auth store is old").
+    AuthChecked {
+        auth_revision: u64,
+        command: Box<Command>,
+    },
 }
 
 /// etcd's `AlarmType` (NONE is not stored).
@@ -201,6 +210,87 @@ pub struct AlarmMember {
 pub enum AlarmAction {
     Activate,
     Deactivate,
+}
+
+/// etcd's `authpb.Permission.Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PermType {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// A key-range permission of a role (etcd's `authpb.Permission`). `range_end` as in a
+/// Range: empty = the single key, `[0]` = every key `>= key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permission {
+    pub perm_type: PermType,
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+/// The replicated auth changes (etcd's `InternalRaftRequest.Auth*`). Passwords arrive
+/// already bcrypt-hashed by the server, so that apply is deterministic and the log holds no
+/// plain password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthCommand {
+    Enable,
+    Disable,
+    /// Assigns the simple token `<token_prefix>.<raft index>` to `name` (the server checked
+    /// the password; apply checks that auth is on and the user can log in).
+    Authenticate {
+        name: String,
+        token_prefix: String,
+    },
+    UserAdd {
+        name: String,
+        /// The bcrypt hash; empty with `no_password`.
+        password_hash: Vec<u8>,
+        no_password: bool,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: Vec<u8>,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        name: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        role: String,
+    },
+    RoleGrantPermission {
+        name: String,
+        perm: Permission,
+    },
+    RoleRevokePermission {
+        role: String,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
+}
+
+/// What an applied auth command did, as far as the server must act on it (tokens).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthResponse {
+    /// Done (or an accepted no-op, as etcd's repeated grant or enable).
+    Ok,
+    /// `token` now authenticates `name`.
+    Token { name: String, token: String },
+    /// The user was deleted or its password changed: its tokens are no longer valid.
+    UserTokensRevoked { name: String },
+    /// Auth was disabled: every token is dropped.
+    Disabled,
 }
 
 impl Command {
@@ -236,6 +326,8 @@ impl Command {
             Command::Compact(_) => 16,
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
             Command::Alarm { .. } => 16,
+            Command::Auth(_) => 128,
+            Command::AuthChecked { command, .. } => 8 + command.approx_size(),
         }
     }
 
@@ -253,6 +345,8 @@ impl Command {
             Command::Put(p) => put(p),
             Command::Txn(t) => branch(&t.success).max(branch(&t.failure)),
             Command::LeaseGrant { .. } => 72,
+            // Wrapped for the auth-revision check: what the client asked costs.
+            Command::AuthChecked { command, .. } => command.quota_cost(),
             _ => 0,
         }
     }
@@ -274,6 +368,7 @@ pub enum CommandResponse {
     /// The alarms the command changed: the raised one (also when it was already raised), or
     /// the cleared one (none if it was not raised).
     Alarm(Vec<AlarmMember>),
+    Auth(AuthResponse),
 }
 
 /// A command's outcome: the response and the store revision to report in the header

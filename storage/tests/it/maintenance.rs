@@ -112,6 +112,14 @@ fn defragment_shrinks_the_file_and_keeps_every_write_made_meanwhile() {
         apply(&s, &idx, put(&format!("big/{i:05}"), &big));
     }
     apply(&s, &idx, del_prefix("big/"));
+    // Every table comes along, the auth tables included.
+    let user = AuthCommand::UserAdd { name: "alice".into(), password_hash: b"h".to_vec(), no_password: false };
+    assert!(apply(&s, &idx, Command::Auth(user)).result.is_ok());
+    assert!(apply(&s, &idx, Command::Auth(AuthCommand::RoleAdd { name: "r".into() })).result.is_ok());
+    let lease = apply(&s, &idx, Command::LeaseGrant { id: 77, ttl_secs: 100 });
+    assert!(lease.result.is_ok());
+    let auth_before = s.auth_state().expect("auth state");
+    let leases_before = s.leases().expect("leases").len();
     let rev = s.current_revision();
     apply(&s, &idx, Command::Compact(CompactionRequest { revision: rev, physical: false }));
     while !s.compact_step().expect("compact") {}
@@ -151,6 +159,10 @@ fn defragment_shrinks_the_file_and_keeps_every_write_made_meanwhile() {
         assert_eq!(kv.value, format!("v{i}").into_bytes());
     }
     assert_eq!(s.applied().expect("applied").0, idx.load(Ordering::SeqCst));
+    assert_eq!(s.auth_state().expect("auth state").users.len(), auth_before.users.len());
+    assert_eq!(s.auth_state().expect("auth state").roles.len(), auth_before.roles.len());
+    assert_eq!(s.auth_state().expect("auth state").revision, auth_before.revision);
+    assert_eq!(s.leases().expect("leases").len(), leases_before);
     // And it all survives a reopen of the new file.
     let cur = s.current_revision();
     drop(s);

@@ -127,6 +127,7 @@ impl Model {
             }
             Command::Compact(_) | Command::LeaseRevoke { .. } => Ok(()),
             Command::LeaseGrant { ttl_secs, .. } => Self::validate_ttl(*ttl_secs),
+            Command::Auth(_) | Command::AuthChecked { .. } => Ok(()),
         }
     }
 
@@ -309,6 +310,7 @@ impl Model {
                     Ok(CommandResponse::LeaseRevoke)
                 }
             }
+            Command::Auth(_) | Command::AuthChecked { .. } => unreachable!("the model covers no auth commands"),
         };
         if result.is_err() || pending.events.is_empty() {
             return (Applied { revision: current, result }, None);

@@ -1,5 +1,7 @@
 //! Integration tests of Cairn, one test binary (`it`) with a module per area:
 //!
+//! - `auth`: users, roles, permissions and tokens: differential against etcd over raw gRPC
+//!   and etcdctl, and a restart.
 //! - `harness`: the test harness itself, against real etcd (start, kill -9, restart, stop).
 //! - `differential`: the same KV requests against real etcd 3.5.1 and Cairn, compared
 //!   field by field.
@@ -15,6 +17,7 @@
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
+mod auth;
 mod crash;
 mod differential;
 mod etcdctl;
