@@ -6,19 +6,24 @@
 //! - [`kv`], [`maintenance`], [`cluster`]: the gRPC services (thin adapters).
 //! - [`watch`]: the Watch streams over the member's watch hub.
 //! - [`lease`]: the Lease service; [`lessor`]: lease deadlines on the leader, expiry.
+//! - [`v3lock`], [`election`]: the Lock and Election services, over [`concurrency`] (etcd's
+//!   client-side mutex and election algorithms, run in the server).
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
 //!
 //! Services not registered yet answer Unimplemented.
 
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod convert;
+pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
 pub mod status;
+pub mod v3lock;
 pub mod watch;
 
 use std::future::Future;
@@ -32,6 +37,8 @@ use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use cairn_raft::{NodeConfig, RaftNode};
 use cairn_storage::watch::WatchHub;
 use tokio::sync::{Notify, Semaphore};
@@ -181,6 +188,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .add_service(WatchServer::new(watch::WatchService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
             .add_service(
                 LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
+                    .max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                LockServer::new(v3lock::LockService { ctx: ctx.clone(), lessor: lessor.clone() })
+                    .max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                ElectionServer::new(election::ElectionService { ctx: ctx.clone(), lessor: lessor.clone() })
                     .max_decoding_message_size(max_msg),
             );
         let mut stop = stop_tx.subscribe();
