@@ -157,7 +157,7 @@ impl Election for ElectionService {
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let prefix = [&r.name[..], b"/"].concat();
-        let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
+        let (tx, mut rx) = mpsc::channel(OBSERVE_QUEUE);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             // The observer ends when its client goes away, even while it waits for a change.
@@ -166,7 +166,11 @@ impl Election for ElectionService {
                 _ = observe(&ctx, &prefix, &tx) => {}
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        // grpc-go sends the response headers with the first message: as with etcd, the call
+        // completes only once there is a leader to report (or the observer ended).
+        let first = rx.recv().await;
+        let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(tokio_stream::iter(first), rest))))
     }
 
     #[tracing::instrument(level = "debug", skip_all, name = "election.resign")]

@@ -171,6 +171,14 @@ fn show_lock(r: Result<tonic::Response<cairn_proto::v3lockpb::LockResponse>, ton
     show(r, |r| format!("locked {} rev {}", text(&r.key), rev(&r.header)))
 }
 
+/// Waits for a spawned request, failing the test after [`DEADLINE`].
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
+    match tokio::time::timeout(DEADLINE, task).await {
+        Err(_) => panic!("a waiting request did not finish within {DEADLINE:?}"),
+        Ok(r) => r.expect("request task"),
+    }
+}
+
 /// Appends a transcript line (also printed: a hanging step shows in `--nocapture` output).
 fn push(t: &mut Vec<String>, server: &Server, line: String) {
     eprintln!("[{:?}] {line}", server.kind());
@@ -201,6 +209,11 @@ async fn lock_script(server: &Server) -> Vec<String> {
     c.grant(101, 60).await;
     push(&mut t, server, show_lock(lock(&mut c, "m", 100).await));
     push(&mut t, server, format!("again with the same lease: {}", show_lock(lock(&mut c, "m", 100).await)));
+    push(&mut t, server, format!("empty name: {}", show_lock(lock(&mut c, "", 100).await)));
+    push(&mut t, server, unlock(&mut c, "/64").await);
+    // The txn (the key twice, the prefix once) exceeds --max-request-bytes.
+    let big = "b".repeat(600 * 1024);
+    push(&mut t, server, format!("600 KiB name: {}", show_lock(lock(&mut c, &big, 100).await)));
 
     // A waiter that is cancelled deletes its key.
     let mut w = c.clone();
@@ -227,7 +240,7 @@ async fn lock_script(server: &Server) -> Vec<String> {
     })
     .await;
     push(&mut t, server, unlock(&mut c, "m/64").await);
-    push(&mut t, server, format!("waiter: {}", waiter.await.expect("waiter task")));
+    push(&mut t, server, format!("waiter: {}", joined(waiter).await));
     push(&mut t, server, unlock(&mut c, "m/65").await);
 
     // A waiter whose lease expires while waiting fails once the holder unlocks.
@@ -247,7 +260,7 @@ async fn lock_script(server: &Server) -> Vec<String> {
     })
     .await;
     push(&mut t, server, unlock(&mut c, "x/67").await);
-    push(&mut t, server, format!("expired waiter: {}", waiter.await.expect("waiter task")));
+    push(&mut t, server, format!("expired waiter: {}", joined(waiter).await));
     t
 }
 
@@ -348,6 +361,8 @@ async fn election_script(server: &Server) -> Vec<String> {
     push(&mut t, server, resign(&mut c, None).await);
     push(&mut t, server, show_campaign(campaign(&mut c, "e", MISSING, "v").await));
     push(&mut t, server, proclaim(&mut c, Some(leader("e", "e/1", 5, MISSING)), "v").await);
+    push(&mut t, server, format!("empty key: {}", proclaim(&mut c, Some(leader("e", "", 0, MISSING)), "v").await));
+    push(&mut t, server, format!("empty key: {}", resign(&mut c, Some(leader("e", "", 0, MISSING))).await));
 
     c.grant(200, 60).await;
     c.grant(201, 60).await;
@@ -376,7 +391,7 @@ async fn election_script(server: &Server) -> Vec<String> {
     push(&mut t, server, proclaim(&mut c, Some(l.clone()), "a4").await);
     push(&mut t, server, observed(&mut obs, &sessions).await);
     push(&mut t, server, resign(&mut c, Some(l.clone())).await);
-    push(&mut t, server, format!("candidate: {}", waiter.await.expect("candidate task")));
+    push(&mut t, server, format!("candidate: {}", joined(waiter).await));
     push(&mut t, server, observed(&mut obs, &sessions).await);
     push(&mut t, server, format!("stale leader: {}", resign(&mut c, Some(l.clone())).await));
     push(&mut t, server, format!("stale leader: {}", proclaim(&mut c, Some(l.clone()), "z").await));
@@ -429,7 +444,7 @@ async fn election_script(server: &Server) -> Vec<String> {
     })
     .await;
     push(&mut t, server, resign(&mut c, Some(fl)).await);
-    push(&mut t, server, format!("expired candidate: {}", waiter.await.expect("candidate task")));
+    push(&mut t, server, format!("expired candidate: {}", joined(waiter).await));
     push(&mut t, server, leader_of(&mut c, "f", &sessions).await);
 
     // Observing an election without a leader: the first key put under the name.
@@ -485,6 +500,49 @@ async fn election_matches_etcd() {
         (s, t)
     })
     .await;
+}
+
+/// Concurrent lockers of one name: at most one holds it at a time, and every read-modify-write
+/// done under the lock survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_gives_mutual_exclusion_under_contention() {
+    const LOCKERS: i64 = 4;
+    const ROUNDS: i64 = 5;
+    let mut server = Server::start(subject_kind()).await;
+    let c = Clients::connect(&server).await;
+    let holders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..LOCKERS {
+        let (mut c, holders) = (c.clone(), holders.clone());
+        tasks.push(tokio::spawn(async move {
+            c.grant(300 + i, 60).await;
+            for _ in 0..ROUNDS {
+                let key = lock(&mut c, "counter-lock", 300 + i).await.expect("lock").into_inner().key;
+                assert_eq!(holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0, "two holders at once");
+                let r =
+                    c.kv.range(RangeRequest { key: Bytes::from_static(b"counter"), ..Default::default() })
+                        .await
+                        .expect("range")
+                        .into_inner();
+                let n: i64 = r.kvs.first().map_or(0, |kv| text(&kv.value).parse().expect("a number"));
+                c.put("counter", &(n + 1).to_string()).await;
+                holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                c.lock.unlock(UnlockRequest { key }).await.expect("unlock");
+            }
+        }));
+    }
+    for t in tasks {
+        joined(t).await;
+    }
+    let r = c
+        .clone()
+        .kv
+        .range(RangeRequest { key: Bytes::from_static(b"counter"), ..Default::default() })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(r.kvs.first().map(|kv| text(&kv.value)), Some((LOCKERS * ROUNDS).to_string()));
+    server.stop();
 }
 
 // ---------------------------------------------------------------- etcdctl
