@@ -66,7 +66,7 @@ fn pick_id(ctx: &Context) -> Result<LeaseId, Status> {
 
 /// Proposes the grant and registers its deadline. Runs as its own task: a client that goes
 /// away after the proposal must not leave a lease without a deadline.
-async fn grant(
+pub(crate) async fn grant(
     ctx: Arc<Context>,
     lessor: Arc<Lessor>,
     requested_id: LeaseId,

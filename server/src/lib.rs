@@ -7,6 +7,8 @@
 //! - [`watch`]: the Watch streams over the member's watch hub.
 //! - [`lease`]: the Lease service; [`lessor`]: lease deadlines on the leader, expiry.
 //! - [`auth`]: the Auth service; [`authz`]: tokens, the permission cache, every RPC's check.
+//! - [`v3lock`], [`election`]: the Lock and Election services, over [`concurrency`] (etcd's
+//!   client-side mutex and election algorithms, run in the server).
 //! - [`convert`]: wire <-> domain types; [`status`]: errors -> etcd's gRPC statuses.
 //! - [`http`]: plain HTTP on the client port (/health, /version, /metrics) and on the
 //!   metrics listeners; [`gateway`]: etcd's JSON gateway (`/v3/...`).
@@ -14,22 +16,25 @@
 //!
 //! Services not registered yet answer Unimplemented.
 
-pub mod autocompact;
 pub mod auth;
 pub mod authz;
+pub mod autocompact;
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod convert;
+pub mod election;
 pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
-pub mod snapshot_tool;
 pub mod metrics;
+pub mod snapshot_tool;
 pub mod status;
+pub mod v3lock;
 pub mod watch;
 
 use std::future::Future;
@@ -44,6 +49,8 @@ use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use cairn_raft::{NodeConfig, RaftNode};
 use cairn_storage::watch::WatchHub;
 use tokio::sync::{Notify, Semaphore};
@@ -248,7 +255,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             LeaseServer::new(lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() })
                 .max_decoding_message_size(max_msg),
         )
-        .add_service(AuthServer::new(auth::AuthService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
+        .add_service(AuthServer::new(auth::AuthService { ctx: ctx.clone() }).max_decoding_message_size(max_msg))
+        .add_service(
+            LockServer::new(v3lock::LockService { ctx: ctx.clone(), lessor: lessor.clone() })
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            ElectionServer::new(election::ElectionService { ctx: ctx.clone(), lessor: lessor.clone() })
+                .max_decoding_message_size(max_msg),
+        );
         // gRPC (HTTP/2) and plain HTTP (HTTP/1.1 or h2) share the port, as in etcd: gRPC
         // services are routed by their paths, everything else goes to the HTTP API.
         let api = http_api.clone();

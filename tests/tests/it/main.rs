@@ -9,6 +9,8 @@
 //! - `crash`: kill -9 under concurrent writers, restart, every acknowledged write present.
 //! - `lease`: the Lease API: differential (errors, TTL limits, revoke's revision) and
 //!   etcdctl (grant/revoke/keep-alive/timetolive/list, expiry, restart).
+//! - `lock`: the Lock and Election services compared with etcd over gRPC; `etcdctl lock` and
+//!   `etcdctl elect` (waiting, failover on lease expiry, observing).
 //! - `watch`: Watch streams compared response by response with etcd, `etcdctl watch`, the
 //!   watch guarantees under load (10,000 watchers, a stalled stream) and across a restart.
 //! - `http`: HTTP on the client port: the JSON gateway compared with etcd, gateway watch
@@ -24,5 +26,6 @@ mod etcdctl;
 mod harness;
 mod http;
 mod lease;
+mod lock;
 mod maintenance;
 mod watch;
