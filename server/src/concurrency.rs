@@ -50,6 +50,29 @@ pub fn client_error(s: Status) -> Status {
 }
 
 /// Go's `%x` of an int64 (a minus sign, then the magnitude), as etcd names session keys.
+/// Auth: etcd serves Lock and Election through its in-process client with the caller's
+/// token, so the caller needs what those calls need: read on the `prefix` range (the owner
+/// and waiter lookups, the watch) and write on its own `key` (the put/delete of it).
+/// Errors come back as the client saw them (code Unknown).
+pub fn check_access(
+    ctx: &Context,
+    md: &tonic::metadata::MetadataMap,
+    prefix: Option<&[u8]>,
+    key: Option<&[u8]>,
+) -> Result<(), Status> {
+    if let Some(p) = prefix {
+        ctx.authz.check_range(md, p, &prefix_end(p)).map_err(client_error)?;
+    }
+    if let Some(k) = key {
+        let put = Command::Put(cairn_storage::PutRequest { key: k.to_vec(), ..Default::default() });
+        ctx.authz.authorize(md, ctx.node.store(), put).map_err(client_error)?;
+    }
+    if prefix.is_none() && key.is_none() {
+        ctx.authz.check_token(md).map_err(client_error)?;
+    }
+    Ok(())
+}
+
 pub fn go_hex(v: i64) -> String {
     if v < 0 {
         format!("-{:x}", v.unsigned_abs())

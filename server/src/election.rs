@@ -88,12 +88,15 @@ type ObserveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LeaderRe
 impl Election for ElectionService {
     #[tracing::instrument(level = "debug", skip_all, name = "election.campaign")]
     async fn campaign(&self, request: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let ctx = &self.ctx;
+        cc::check_access(ctx, &md, None, None)?;
         let lease = cc::session_lease(ctx, &self.lessor, r.lease).await?;
         let prefix = [&r.name[..], b"/"].concat();
         let key = [&prefix[..], cc::go_hex(lease).as_bytes()].concat();
+        cc::check_access(ctx, &md, Some(&prefix), Some(&key))?;
         let t = cc::txn(
             ctx,
             kvpb::TxnRequest {
@@ -132,9 +135,11 @@ impl Election for ElectionService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "election.proclaim")]
     async fn proclaim(&self, request: Request<pb::ProclaimRequest>) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let l = leader_key(r.leader)?;
+        cc::check_access(&self.ctx, &md, None, Some(&l.key))?;
         let lease = cc::session_lease(&self.ctx, &self.lessor, l.lease).await?;
         let rev = proclaim(&self.ctx, &l.key, l.rev, lease, &r.value).await?;
         Ok(Response::new(pb::ProclaimResponse { header: Some(self.ctx.header(rev)) }))
@@ -142,9 +147,11 @@ impl Election for ElectionService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "election.leader")]
     async fn leader(&self, request: Request<pb::LeaderRequest>) -> Result<Response<pb::LeaderResponse>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let prefix = [&r.name[..], b"/"].concat();
+        cc::check_access(&self.ctx, &md, Some(&prefix), None)?;
         let (kvs, rev) = cc::range(&self.ctx, &cc::first_created(&prefix)).await?;
         let Some(kv) = kvs.into_iter().next() else { return Err(rpctypes::unknown(ERR_NO_LEADER)) };
         Ok(Response::new(pb::LeaderResponse { header: Some(self.ctx.header(rev)), kv: Some(convert::kv(kv)) }))
@@ -154,9 +161,11 @@ impl Election for ElectionService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "election.observe")]
     async fn observe(&self, request: Request<pb::LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let prefix = [&r.name[..], b"/"].concat();
+        cc::check_access(&self.ctx, &md, Some(&prefix), None)?;
         let (tx, mut rx) = mpsc::channel(OBSERVE_QUEUE);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
@@ -175,9 +184,11 @@ impl Election for ElectionService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "election.resign")]
     async fn resign(&self, request: Request<pb::ResignRequest>) -> Result<Response<pb::ResignResponse>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let l = leader_key(r.leader)?;
+        cc::check_access(&self.ctx, &md, None, Some(&l.key))?;
         // etcd makes a session here too (a 60 s lease for lease 0), though Resign uses none.
         cc::session_lease(&self.ctx, &self.lessor, l.lease).await?;
         let t = cc::txn(&self.ctx, resign_request(&l.key, l.rev)).await?;

@@ -23,11 +23,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use cairn_proto::etcdserverpb::auth_server::Auth;
 use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::kv_server::Kv;
 use cairn_proto::etcdserverpb::lease_server::Lease;
 use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
 use cairn_proto::etcdserverpb::watch_server::Watch;
+use cairn_proto::v3electionpb::election_server::Election;
+use cairn_proto::v3lockpb::lock_server::Lock;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -53,6 +56,9 @@ pub struct Gateway {
     pub lease: crate::lease::LeaseService,
     pub cluster: crate::cluster::ClusterService,
     pub maintenance: crate::maintenance::MaintenanceService,
+    pub auth: crate::auth::AuthService,
+    pub lock: crate::v3lock::LockService,
+    pub election: crate::election::ElectionService,
     pub metrics: Arc<Metrics>,
     /// Largest request body read (bounds memory; the services check etcd's own limits).
     pub max_body_bytes: usize,
@@ -134,6 +140,41 @@ impl Gateway {
                 )
                 .await
             }
+            "/v3/auth/enable" => unary!(self, req, "/etcdserverpb.Auth/AuthEnable", auth.auth_enable),
+            "/v3/auth/disable" => unary!(self, req, "/etcdserverpb.Auth/AuthDisable", auth.auth_disable),
+            "/v3/auth/status" => unary!(self, req, "/etcdserverpb.Auth/AuthStatus", auth.auth_status),
+            "/v3/auth/authenticate" => unary!(self, req, "/etcdserverpb.Auth/Authenticate", auth.authenticate),
+            "/v3/auth/user/add" => unary!(self, req, "/etcdserverpb.Auth/UserAdd", auth.user_add),
+            "/v3/auth/user/get" => unary!(self, req, "/etcdserverpb.Auth/UserGet", auth.user_get),
+            "/v3/auth/user/list" => unary!(self, req, "/etcdserverpb.Auth/UserList", auth.user_list),
+            "/v3/auth/user/delete" => unary!(self, req, "/etcdserverpb.Auth/UserDelete", auth.user_delete),
+            "/v3/auth/user/changepw" => {
+                unary!(self, req, "/etcdserverpb.Auth/UserChangePassword", auth.user_change_password)
+            }
+            "/v3/auth/user/grant" => unary!(self, req, "/etcdserverpb.Auth/UserGrantRole", auth.user_grant_role),
+            "/v3/auth/user/revoke" => unary!(self, req, "/etcdserverpb.Auth/UserRevokeRole", auth.user_revoke_role),
+            "/v3/auth/role/add" => unary!(self, req, "/etcdserverpb.Auth/RoleAdd", auth.role_add),
+            "/v3/auth/role/get" => unary!(self, req, "/etcdserverpb.Auth/RoleGet", auth.role_get),
+            "/v3/auth/role/list" => unary!(self, req, "/etcdserverpb.Auth/RoleList", auth.role_list),
+            "/v3/auth/role/delete" => unary!(self, req, "/etcdserverpb.Auth/RoleDelete", auth.role_delete),
+            "/v3/auth/role/grant" => {
+                unary!(self, req, "/etcdserverpb.Auth/RoleGrantPermission", auth.role_grant_permission)
+            }
+            "/v3/auth/role/revoke" => {
+                unary!(self, req, "/etcdserverpb.Auth/RoleRevokePermission", auth.role_revoke_permission)
+            }
+            "/v3/lock/lock" => unary!(self, req, "/v3lockpb.Lock/Lock", lock.lock),
+            "/v3/lock/unlock" => unary!(self, req, "/v3lockpb.Lock/Unlock", lock.unlock),
+            "/v3/election/campaign" => unary!(self, req, "/v3electionpb.Election/Campaign", election.campaign),
+            "/v3/election/proclaim" => unary!(self, req, "/v3electionpb.Election/Proclaim", election.proclaim),
+            "/v3/election/leader" => unary!(self, req, "/v3electionpb.Election/Leader", election.leader),
+            "/v3/election/resign" => unary!(self, req, "/v3electionpb.Election/Resign", election.resign),
+            "/v3/election/observe" => {
+                server_stream(self.clone(), req, "/v3electionpb.Election/Observe", |g: Arc<Gateway>, r| async move {
+                    g.election.observe(r).await
+                })
+                .await
+            }
             _ => return None,
         };
         Some(resp)
@@ -141,9 +182,31 @@ impl Gateway {
 }
 
 /// Every path [`Gateway::route`] answers (a POST-only route answers 405 to other methods).
-/// Paths etcd 3.5 has that Cairn does not serve yet: `/v3/auth/*` (Auth service),
-/// `/v3/lock/*` and `/v3/election/*`.
 const KNOWN_PATHS: &[&str] = &[
+    "/v3/auth/enable",
+    "/v3/auth/disable",
+    "/v3/auth/status",
+    "/v3/auth/authenticate",
+    "/v3/auth/user/add",
+    "/v3/auth/user/get",
+    "/v3/auth/user/list",
+    "/v3/auth/user/delete",
+    "/v3/auth/user/changepw",
+    "/v3/auth/user/grant",
+    "/v3/auth/user/revoke",
+    "/v3/auth/role/add",
+    "/v3/auth/role/get",
+    "/v3/auth/role/list",
+    "/v3/auth/role/delete",
+    "/v3/auth/role/grant",
+    "/v3/auth/role/revoke",
+    "/v3/lock/lock",
+    "/v3/lock/unlock",
+    "/v3/election/campaign",
+    "/v3/election/proclaim",
+    "/v3/election/leader",
+    "/v3/election/resign",
+    "/v3/election/observe",
     "/v3/kv/range",
     "/v3/kv/put",
     "/v3/kv/deleterange",

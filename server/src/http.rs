@@ -199,6 +199,9 @@ const KNOWN_SERVICES: &[&str] = &[
     "etcdserverpb.Lease",
     "etcdserverpb.Cluster",
     "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
+    "v3lockpb.Lock",
+    "v3electionpb.Election",
 ];
 
 /// gRPC's percent-encoding of grpc-message (space and printable ASCII except `%` as is).

@@ -227,6 +227,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             lease: lease::LeaseService { ctx: ctx.clone(), lessor: lessor.clone() },
             cluster: cluster::ClusterService { ctx: ctx.clone() },
             maintenance: maintenance::MaintenanceService { ctx: ctx.clone() },
+            auth: auth::AuthService { ctx: ctx.clone() },
+            lock: v3lock::LockService { ctx: ctx.clone(), lessor: lessor.clone() },
+            election: election::ElectionService { ctx: ctx.clone(), lessor: lessor.clone() },
             metrics: metrics.clone(),
             // base64 makes JSON a third larger than the protobuf it carries.
             max_body_bytes: (cfg.max_request_bytes + GRPC_OVERHEAD_BYTES) * 2,

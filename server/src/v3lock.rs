@@ -44,12 +44,15 @@ fn unlock_command(key: &[u8]) -> (Command, usize) {
 impl Lock for LockService {
     #[tracing::instrument(level = "debug", skip_all, name = "lock.lock")]
     async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let ctx = &self.ctx;
+        cc::check_access(ctx, &md, None, None)?;
         let lease = cc::session_lease(ctx, &self.lessor, r.lease).await?;
         let prefix = [&r.name[..], b"/"].concat();
         let my_key = [&prefix[..], cc::go_hex(lease).as_bytes()].concat();
+        cc::check_access(ctx, &md, Some(&prefix), Some(&my_key))?;
 
         // tryAcquire: create the key unless this session has it already; read the owner.
         let owner = etcdserverpb::RequestOp {
@@ -101,8 +104,10 @@ impl Lock for LockService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "lock.unlock")]
     async fn unlock(&self, request: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
+        let md = request.metadata().clone();
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
+        cc::check_access(&self.ctx, &md, None, Some(&r.key))?;
         let rev = cc::delete_key(&self.ctx, &r.key).await?;
         Ok(Response::new(pb::UnlockResponse { header: Some(self.ctx.header(rev)) }))
     }

@@ -611,3 +611,82 @@ async fn auth_survives_restart() {
         .err()
         .contains("etcdserver: authentication failed, invalid user ID or password"));
 }
+
+/// Lock and Election with auth on: etcd runs them through its in-process client with the
+/// caller's token, so a user needs read on the name's prefix and write on its own key; the
+/// answers (errors as code Unknown) must be etcd's.
+async fn lock_election_script(endpoint: &str) -> Vec<String> {
+    use authpb::permission::Type::{Read, Readwrite};
+    use cairn_proto::v3electionpb::election_client::ElectionClient;
+    use cairn_proto::v3electionpb::{CampaignRequest, LeaderRequest};
+    use cairn_proto::v3lockpb::lock_client::LockClient;
+    use cairn_proto::v3lockpb::LockRequest;
+    let c = Conn::new(endpoint).await;
+    let mut a = c.auth();
+    let mut log = Vec::new();
+    let add = |name: &str| pb::AuthUserAddRequest {
+        name: name.into(),
+        password: "pw".into(),
+        options: Some(authpb::UserAddOptions { no_password: false }),
+        ..Default::default()
+    };
+    for step in [
+        a.user_add(add("root")).await.map(|_| ()),
+        a.user_grant_role(pb::AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.map(|_| ()),
+        a.user_add(add("alice")).await.map(|_| ()),
+        a.role_add(pb::AuthRoleAddRequest { name: "locker".into() }).await.map(|_| ()),
+        a.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+            name: "locker".into(),
+            perm: perm(Readwrite, "ok/", b"ok0"),
+        })
+        .await
+        .map(|_| ()),
+        a.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+            name: "locker".into(),
+            perm: perm(Read, "ro/", b"ro0"),
+        })
+        .await
+        .map(|_| ()),
+        a.user_grant_role(pb::AuthUserGrantRoleRequest { user: "alice".into(), role: "locker".into() })
+            .await
+            .map(|_| ()),
+        a.auth_enable(pb::AuthEnableRequest {}).await.map(|_| ()),
+    ] {
+        step.expect("auth setup");
+    }
+    let alice = c.login("alice", "pw").await.expect("alice logs in");
+    let mut lock = LockClient::new(c.ch.clone());
+    let mut elect = ElectionClient::new(c.ch.clone());
+    for (name, token) in [
+        ("ok/l", Some(alice.as_str())),
+        ("ro/l", Some(alice.as_str())),
+        ("no/l", Some(alice.as_str())),
+        ("ok/l2", None),
+    ] {
+        let r = lock.lock(req(LockRequest { name: name.as_bytes().to_vec().into(), lease: 0 }, token)).await;
+        log.push(format!("lock {name} as {}: {}", token.map_or("nobody", |_| "alice"), out(r, |_| String::new())));
+    }
+    for name in ["ok/e", "ro/e", "no/e"] {
+        let r = elect
+            .campaign(req(
+                CampaignRequest { name: name.as_bytes().to_vec().into(), lease: 0, value: "v".into() },
+                Some(&alice),
+            ))
+            .await;
+        log.push(format!("campaign {name}: {}", out(r, |_| String::new())));
+        let r = elect.leader(req(LeaderRequest { name: name.as_bytes().to_vec().into() }, Some(&alice))).await;
+        log.push(format!("leader {name}: {}", out(r, |r| format!("{}", r.kv.is_some()))));
+    }
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_check_permissions_as_etcd() {
+    let etcd = Server::start_with_args(ServerKind::Etcd, FLAGS).await;
+    let cairn = Server::start_with_args(subject_kind(), FLAGS).await;
+    let (e, c) = (etcd.endpoint(), cairn.endpoint());
+    let (want, got) = tokio::join!(lock_election_script(&e), lock_election_script(&c));
+    assert_eq!(want, got, "etcd (left) and {} (right) differ", cairn.kind());
+    assert!(want.iter().any(|l| l.starts_with("lock ok/l as alice: ok")), "{want:#?}");
+    assert!(want.iter().any(|l| l.contains("permission denied")), "{want:#?}");
+}
