@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 /// A quick run takes a few seconds; past this it is hung and is killed.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 /// Every workload runs with 1 and 100 clients (watch-fanout: watchers) in a quick run.
-const WORKLOADS: [&str; 7] =
-    ["put", "range-linearizable", "range-serializable", "txn", "list", "watch-fanout", "lease-keepalive"];
+const WORKLOADS: [&str; 8] =
+    ["put", "range-linearizable", "range-serializable", "txn", "list", "watch-fanout", "lease-keepalive", "defrag"];
 const CLIENT_COUNTS: [&str; 2] = ["1", "100"];
 const SERVERS: [&str; 2] = ["etcd", "cairn"];
 

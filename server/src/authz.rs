@@ -13,7 +13,9 @@
 //!   `Command::AuthChecked { auth_revision: R }`: if any auth change is applied in between,
 //!   apply refuses them with "revision of auth store is old" (etcd's check), so a write is
 //!   never applied under permissions that were already revoked. While auth is disabled
-//!   nothing is wrapped (a write racing with AuthEnable is ordered before it).
+//!   writes are wrapped with revision 0: one that applies after an AuthEnable is refused
+//!   ("user name is empty", as etcd's applier refuses a request without a user); one
+//!   checked under auth that applies after an AuthDisable goes through, as in etcd.
 //!
 //! etcd's quirks kept on purpose: the checks read the token from metadata `token` or
 //! `authorization`; a token that is not valid fails the request even while auth is
@@ -388,8 +390,13 @@ impl Authz {
     /// (wrapped with the auth revision it was checked at while auth is enabled).
     pub fn authorize(&self, md: &MetadataMap, store: &Store, cmd: Command) -> Result<Command, Status> {
         let (view, who) = self.caller(md)?;
-        if !view.enabled {
+        if matches!(cmd, Command::AuthChecked { .. } | Command::Alarm { .. }) {
             return Ok(cmd);
+        }
+        if !view.enabled {
+            // Revision 0 marks "checked while disabled": if AuthEnable applies first, apply
+            // refuses the write as etcd does (user name is empty) instead of letting it in.
+            return Ok(Command::AuthChecked { auth_revision: 0, command: Box::new(cmd) });
         }
         let who = who.as_ref();
         match &cmd {

@@ -299,7 +299,8 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
             "quota-backend-bytes" => {
                 let q: i64 = number(&flag, &v)?;
                 c.quota_backend_bytes = match q {
-                    q if q < 0 => return Err(ConfigError(format!("invalid value {v:?} for flag --{flag}: negative"))),
+                    // etcd: a negative quota disables it.
+                    q if q < 0 => u64::MAX / 2,
                     0 => DEFAULT_QUOTA_BACKEND_BYTES,
                     q => q as u64,
                 };

@@ -92,7 +92,8 @@ impl Context {
             return Err(EtcdError::NoSpace.status());
         }
         let size = self.node.db_size();
-        if size + cost <= self.quota_backend_bytes {
+        // etcd's quota is available while size + cost < quota.
+        if size + cost < self.quota_backend_bytes {
             return Ok(());
         }
         tracing::warn!(

@@ -113,8 +113,13 @@ impl Maintenance for MaintenanceService {
             pb::alarm_request::AlarmAction::Get => {
                 ctx.linearizable_barrier().await?;
                 let all = ctx.node.store().alarms();
-                let want = alarm_type(r.alarm);
-                let alarms: Vec<_> = all.iter().filter(|a| want.is_none_or(|w| a.alarm == w)).map(alarm_wire).collect();
+                // NONE lists every alarm; a type lists its own (an unknown type: none).
+                let alarms: Vec<_> = if r.alarm == pb::AlarmType::None as i32 {
+                    all.iter().map(alarm_wire).collect()
+                } else {
+                    let want = alarm_type(r.alarm);
+                    all.iter().filter(|a| Some(a.alarm) == want).map(alarm_wire).collect()
+                };
                 (ctx.node.store().current_revision(), alarms)
             }
             pb::alarm_request::AlarmAction::Activate | pb::alarm_request::AlarmAction::Deactivate => {

@@ -23,6 +23,7 @@ pub fn request_error(e: &RequestError) -> Status {
         RequestError::LeaseExist { .. } => EtcdError::LeaseExist,
         RequestError::LeaseTtlTooLarge { .. } => EtcdError::LeaseTtlTooLarge,
         RequestError::NoSpace => EtcdError::NoSpace,
+        RequestError::Corrupt => EtcdError::Corrupt,
         RequestError::AuthNotEnabled => EtcdError::AuthNotEnabled,
         RequestError::AuthFailed => EtcdError::AuthFailed,
         RequestError::RootUserNotExist => EtcdError::RootUserNotExist,

@@ -183,7 +183,7 @@ impl<'t> AuthTables<'t> {
         Ok(self.meta.get(AUTH_REVISION)?.map_or(1, |v| v.value()))
     }
 
-    fn enabled(&self) -> Result<bool, StoreError> {
+    pub(crate) fn enabled(&self) -> Result<bool, StoreError> {
         Ok(self.meta.get(AUTH_ENABLED)?.is_some_and(|v| v.value() == 1))
     }
 

@@ -202,10 +202,12 @@ impl Command {
             8 => Command::Auth(read_auth_cmd(&mut r)?),
             9 => {
                 let auth_revision = r.u64()?;
-                let inner = Command::decode(r.bytes()?)?;
-                if matches!(inner, Command::AuthChecked { .. }) {
+                let inner = r.bytes()?;
+                // Refused before decoding it: a chain of wrappers must not recurse deeply.
+                if inner.get(1) == Some(&9) {
                     return Err(DecodeError("nested auth check".into()));
                 }
+                let inner = Command::decode(inner)?;
                 Command::AuthChecked { auth_revision, command: Box::new(inner) }
             }
             t => return Err(DecodeError(format!("command tag {t} unknown"))),

@@ -44,6 +44,8 @@ pub enum RequestError {
     },
     /// The NOSPACE alarm is raised and the request adds data.
     NoSpace,
+    /// The CORRUPT alarm is raised: no writes.
+    Corrupt,
     /// Auth: Authenticate while auth is disabled.
     AuthNotEnabled,
     /// Auth: unknown user, wrong password, or a user without password.
@@ -89,6 +91,7 @@ impl fmt::Display for RequestError {
             RequestError::LeaseExist { lease } => write!(f, "lease {lease:x} already exists"),
             RequestError::LeaseTtlTooLarge { ttl_secs } => write!(f, "too large lease TTL ({ttl_secs} s)"),
             RequestError::NoSpace => write!(f, "database space exceeded"),
+            RequestError::Corrupt => write!(f, "corrupt cluster"),
             RequestError::AuthNotEnabled => write!(f, "authentication is not enabled"),
             RequestError::AuthFailed => write!(f, "authentication failed, invalid user ID or password"),
             RequestError::RootUserNotExist => write!(f, "root user does not exist"),

@@ -250,12 +250,17 @@ impl Store {
         copy.flush()?;
         let db = copy.into_database();
         std::fs::rename(copy_path, path)?;
+        // From the rename on, the copy is the store's file: switch whatever happens next, or
+        // later applies would go to the unlinked old file and be lost at the next open.
+        let old = self.replace_database(db);
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        File::open(dir)?.sync_all()?;
-        let old = self.replace_database(db);
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            // The next durable commit cannot make the rename durable either; say so loudly.
+            tracing::error!(error = %e, dir = %dir.display(), "defragmentation: syncing the directory after the switch failed");
+        }
         let pause = paused.elapsed();
         drop(w);
         // Closing the old file writes to it: not while applies wait.

@@ -490,6 +490,10 @@ fn apply_command(
     cmd: &Command,
 ) -> Result<Result<CommandResponse, RequestError>, StoreError> {
     // etcd's capped applier: with NOSPACE raised, whatever adds data fails first.
+    // etcd's corrupt applier: with CORRUPT raised, every write fails ("corrupt cluster").
+    if st.alarms.iter().any(|a| a.alarm == AlarmType::Corrupt) && cmd.is_corrupt_refused() {
+        return Ok(Err(RequestError::Corrupt));
+    }
     if cmd.quota_cost() > 0 && st.alarms.iter().any(|a| a.alarm == AlarmType::NoSpace) {
         return Ok(Err(RequestError::NoSpace));
     }
@@ -548,10 +552,20 @@ fn apply_command(
         }
         Command::Auth(a) => crate::auth::apply(t.auth()?, st, a),
         Command::AuthChecked { auth_revision, command } => {
-            // etcd's check at apply: permissions were checked at `auth_revision`; any auth
-            // change since then may have taken them away.
-            if t.auth()?.revision()? > *auth_revision {
-                return Ok(Err(RequestError::AuthOldRevision));
+            // etcd's check at apply: permissions were checked at `auth_revision` (0: while
+            // auth was disabled); an auth change since then may have taken them away. With
+            // auth disabled now, nothing is checked.
+            let auth = t.auth()?;
+            if auth.enabled()? {
+                if *auth_revision == 0 {
+                    // Checked while disabled, applied after AuthEnable: as etcd's applier
+                    // with an empty user name (Compact and LeaseGrant need no permission).
+                    if !matches!(**command, Command::Compact(_) | Command::LeaseGrant { .. }) {
+                        return Ok(Err(RequestError::UserEmpty));
+                    }
+                } else if auth.revision()? > *auth_revision {
+                    return Ok(Err(RequestError::AuthOldRevision));
+                }
             }
             apply_command(t, st, command)
         }

@@ -331,6 +331,21 @@ impl Command {
         }
     }
 
+    /// Whether etcd's applier refuses the command while the CORRUPT alarm is raised: every
+    /// KV write, compaction and lease grant/revoke (auth and alarm changes still work).
+    pub fn is_corrupt_refused(&self) -> bool {
+        match self {
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::Compact(_)
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => true,
+            Command::AuthChecked { command, .. } => command.is_corrupt_refused(),
+            Command::Alarm { .. } | Command::Auth(_) => false,
+        }
+    }
+
     /// etcd's quota cost: what the command adds to the backend. A command with cost > 0 is
     /// refused while the NOSPACE alarm is raised. As etcd counts it: a put is its key and
     /// value plus 256 bytes of overhead; a txn costs its costlier branch, counting only the
