@@ -150,6 +150,11 @@ impl RaftNode {
         self.log.fsync_times()
     }
 
+    /// Latencies of the state machine's apply commits (etcd's backend commit duration).
+    pub fn backend_commit_times(&self) -> &crate::log_store::DurationHistogram {
+        self.sm.commit_times()
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

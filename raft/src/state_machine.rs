@@ -35,6 +35,8 @@ struct Inner {
     /// the data in one view.
     lock: Mutex<SmState>,
     listener: std::sync::Mutex<Option<ApplyListener>>,
+    /// How long each apply transaction's commit took (etcd's backend commit latency).
+    commit_times: Arc<crate::log_store::DurationHistogram>,
 }
 
 struct SmState {
@@ -62,6 +64,11 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachine {
+    /// Latencies of the apply transactions (each ends in one redb commit).
+    pub fn commit_times(&self) -> &crate::log_store::DurationHistogram {
+        &self.inner.commit_times
+    }
+
     pub fn new(store: Arc<Store>, snapshot_dir: PathBuf) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(sm_err)?;
         Ok(StateMachine {
@@ -70,6 +77,7 @@ impl StateMachine {
                 snapshot_dir,
                 lock: Mutex::new(SmState { last_durable: Instant::now(), membership: None }),
                 listener: std::sync::Mutex::new(None),
+                commit_times: Arc::new(crate::log_store::DurationHistogram::default()),
             }),
         })
     }
@@ -146,10 +154,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let n_commands = items.len();
         let durable = guard.last_durable.elapsed() >= DURABLE_EVERY;
         let store = self.inner.store.clone();
+        let commit_times = self.inner.commit_times.clone();
         let apply = move || {
             let batch: Vec<ApplyEntry<'_>> =
                 items.iter().map(|(i, c)| ApplyEntry { index: *i, command: c.as_ref() }).collect();
-            store.apply_batch(&batch, &blob, durable)
+            let started = Instant::now();
+            let out = store.apply_batch(&batch, &blob, durable);
+            commit_times.observe(started.elapsed());
+            out
         };
         // A small batch without fsync is a short redb transaction: apply it on this task (a
         // thread hand-off costs more than the work). Large or durable batches go to the

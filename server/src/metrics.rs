@@ -259,6 +259,12 @@ impl Metrics {
             "The latency distributions of fsync called by WAL.",
             ctx.node.wal_fsync_times(),
         );
+        histogram(
+            &mut out,
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend.",
+            ctx.node.backend_commit_times(),
+        );
         gauge(
             &mut out,
             "etcd_mvcc_db_total_size_in_bytes",

@@ -476,6 +476,7 @@ async fn metrics_have_etcds_names_and_grow() {
     assert_eq!(sample(&after, "etcd_server_quota_backend_bytes"), 2147483648.0);
     assert!(sample(&after, "etcd_disk_wal_fsync_duration_seconds_count") >= 6.0);
     assert!(sample(&after, r#"etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"}"#) >= 6.0);
+    assert!(sample(&after, "etcd_disk_backend_commit_duration_seconds_count") >= 6.0);
     assert!(sample(&after, "process_resident_memory_bytes") > 0.0);
     assert!(sample(&after, "process_start_time_seconds") > 1.6e9);
     assert!(sample(&after, "process_open_fds") > 0.0);
@@ -485,6 +486,7 @@ async fn metrics_have_etcds_names_and_grow() {
         "grpc_server_handled_total counter",
         "etcd_server_has_leader gauge",
         "etcd_disk_wal_fsync_duration_seconds histogram",
+        "etcd_disk_backend_commit_duration_seconds histogram",
     ] {
         assert!(after.contains(&format!("# TYPE {family}\n")), "{family}");
     }
