@@ -18,7 +18,7 @@
 //!   create revision is deleted (`waitDeletes`), watching the newest of them each time.
 
 use std::sync::Arc;
-use std::task::{Wake, Waker};
+use std::task::Waker;
 
 use bytes::Bytes;
 use cairn_proto::etcdserverpb as pb;
@@ -31,6 +31,7 @@ use tonic::Status;
 
 use crate::context::Context;
 use crate::lessor::Lessor;
+use crate::watch::NotifyWaker;
 use crate::{convert, status};
 
 /// etcd's `concurrency.defaultSessionTTL`: the TTL of the lease made for a request with
@@ -272,17 +273,6 @@ pub async fn wait_deletes(ctx: &Arc<Context>, prefix: &[u8], max_create_rev: Rev
 }
 
 // ---------------------------------------------------------------- internal watch
-
-struct NotifyWaker(Arc<Notify>);
-
-impl Wake for NotifyWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.notify_one();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.notify_one();
-    }
-}
 
 /// A watcher on the member's hub, used from inside a handler (the in-process client's
 /// `Watch`): every matching event from `start` on, exactly once, in order, replaying the

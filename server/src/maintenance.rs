@@ -223,12 +223,13 @@ impl Maintenance for MaintenanceService {
         self.ctx.auth_admin_maintenance(request.metadata())?;
         let r = request.into_inner();
         let store = self.ctx.node.store().clone();
-        let current = store.current_revision();
         let (hash, compact_revision, hash_revision) = tokio::task::spawn_blocking(move || store.hash_kv(r.revision))
             .await
             .map_err(|e| Status::unknown(format!("hash task failed: {e}")))?
             .map_err(|e| status::store_error(&e))?
             .map_err(|e| status::request_error(&e))?;
+        // Read after the hash: the header's revision is never below the hashed one.
+        let current = self.ctx.node.store().current_revision();
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.ctx.header(current)),
             hash,

@@ -47,7 +47,8 @@ pub struct WatchService {
     pub ctx: Arc<Context>,
 }
 
-struct NotifyWaker(Arc<Notify>);
+/// Wakes a task waiting on a [`Notify`]: how the hub tells a stream it has work.
+pub(crate) struct NotifyWaker(pub(crate) Arc<Notify>);
 
 impl Wake for NotifyWaker {
     fn wake(self: Arc<Self>) {
