@@ -2,7 +2,8 @@
 //! be there with the revision it was acknowledged at, revisions continue after the crash
 //! (none reused), and no txn is half-applied. Three crash rounds on one data directory.
 //! Guarantees checked: etcd's "KV: durable, one revision per mutation" (API guarantees) and
-//! the crash bugs etcd found in itself (etcd#13766, #14370, #17780).
+//! the crash bugs etcd found in itself (etcd#13766, #14370, #17780). One variant kills the
+//! server while defragmentations run back to back.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,33 +79,84 @@ async fn wait_for(count: &AtomicUsize, n: usize, server: &Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_under_writes_loses_no_acknowledged_write() {
-    crash_rounds(&[]).await;
+    crash_rounds(&[], false).await;
+}
+
+/// The same with defragmentations running back to back while the writers write, so that
+/// the kill lands in the middle of one (copying, catching up or switching files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_during_defragment_loses_no_acknowledged_write() {
+    crash_rounds(&[], true).await;
 }
 
 /// The same with a raft snapshot (and log purge) every 64 entries, so that restarts begin
 /// from a snapshot and a purged log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_with_frequent_snapshots_loses_no_acknowledged_write() {
-    crash_rounds(&["--snapshot-count", "64"]).await;
+    crash_rounds(&["--snapshot-count", "64"], false).await;
 }
 
-async fn crash_rounds(args: &[&str]) {
+/// Garbage for a defragmentation to reclaim: 4 MB written, deleted, compacted.
+async fn make_garbage(server: &Server) {
+    let mut c = server.client().await;
+    let big = "x".repeat(40_000);
+    for i in 0..100 {
+        c.put(format!("garbage/{i:03}"), big.clone(), None).await.expect("put garbage");
+    }
+    c.delete("garbage/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("delete garbage");
+    let rev = c.get("x", None).await.expect("get").header().expect("header").revision();
+    c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+}
+
+async fn crash_rounds(args: &[&str], defrag: bool) {
     let mut server = Server::start_with_args(ServerKind::Cairn, args).await;
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
     let mut last_revision = 1i64;
     for round in 0..3 {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
+        if defrag {
+            make_garbage(&server).await;
+        }
         let tasks: Vec<_> = (0..WRITERS)
             .map(|id| tokio::spawn(writer(server.endpoint(), id, round, stop.clone(), acked.clone(), count.clone())))
             .collect();
+        let defrags = Arc::new(AtomicUsize::new(0));
+        let defragger = defrag.then(|| {
+            let (endpoint, stop, defrags) = (server.endpoint(), stop.clone(), defrags.clone());
+            tokio::spawn(async move {
+                let Ok(c) = etcd_client::Client::connect([endpoint.as_str()], None).await else { return };
+                let mut m = c.maintenance_client();
+                while !stop.load(Ordering::Acquire) {
+                    if m.defragment().await.is_err() {
+                        return;
+                    }
+                    defrags.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        });
         wait_for(&count, ACKED_BEFORE_CRASH, &server).await;
+        if defrag {
+            // At least one defragmentation finished under the writes before the kill.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while defrags.load(Ordering::Acquire) == 0 {
+                assert!(Instant::now() < deadline, "no defragmentation finished in 60 s\n{}", server.log_tail(40));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         server.kill9();
         stop.store(true, Ordering::Release);
         for t in tasks {
             t.await.expect("writer task");
         }
+        if let Some(d) = defragger {
+            d.await.expect("defragment task");
+        }
         server.restart().await;
+        // An interrupted defragmentation leaves nothing behind once the store is open.
+        for leftover in ["state.redb.defrag", "state.redb.defrag-log"] {
+            assert!(!server.data_dir().join("member").join(leftover).exists(), "{leftover} left after restart");
+        }
 
         let mut c = server.client().await;
         let all = c.get("", Some(GetOptions::new().with_from_key())).await.expect("read everything after restart");
