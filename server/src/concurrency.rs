@@ -206,9 +206,11 @@ pub fn txn_command(ctx: &Context, req: &pb::TxnRequest) -> Result<(Command, usiz
     Ok((Command::Txn(dreq), req.encoded_len()))
 }
 
-/// Proposes a txn, as the in-process client's `Txn` does.
-pub async fn txn(ctx: &Context, req: pb::TxnRequest) -> Result<TxnOutcome, Status> {
+/// Proposes a txn, as the in-process client's `Txn` does with the caller's token `md`:
+/// permissions checked, and the write wrapped with the auth revision it was checked at.
+pub async fn txn(ctx: &Context, md: &tonic::metadata::MetadataMap, req: pb::TxnRequest) -> Result<TxnOutcome, Status> {
     let (cmd, len) = txn_command(ctx, &req)?;
+    let cmd = ctx.authz.authorize(md, ctx.node.store(), cmd).map_err(client_error)?;
     let applied = ctx.propose(cmd, len).await.map_err(client_error)?;
     match applied.result {
         Ok(CommandResponse::Txn(t)) => {
@@ -220,11 +222,12 @@ pub async fn txn(ctx: &Context, req: pb::TxnRequest) -> Result<TxnOutcome, Statu
 }
 
 /// Deletes one key, as the in-process client's `Delete` does; the header's revision.
-pub async fn delete_key(ctx: &Context, key: &[u8]) -> Result<Revision, Status> {
+pub async fn delete_key(ctx: &Context, md: &tonic::metadata::MetadataMap, key: &[u8]) -> Result<Revision, Status> {
     let req = pb::DeleteRangeRequest { key: Bytes::copy_from_slice(key), ..Default::default() };
     let dreq = convert::delete_req(&req);
     validate::check_delete(&dreq).map_err(|e| client_error(status::request_error(&e)))?;
-    let applied = ctx.propose(Command::DeleteRange(dreq), req.encoded_len()).await.map_err(client_error)?;
+    let cmd = ctx.authz.authorize(md, ctx.node.store(), Command::DeleteRange(dreq)).map_err(client_error)?;
+    let applied = ctx.propose(cmd, req.encoded_len()).await.map_err(client_error)?;
     match applied.result {
         Ok(CommandResponse::DeleteRange(_)) => Ok(applied.revision),
         Ok(_) => Err(Status::unknown("internal error: unexpected response to delete range")),

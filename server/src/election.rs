@@ -53,9 +53,17 @@ pub struct ElectionService {
 
 /// etcd's `Election.Proclaim`: puts `value` if `key` still has create revision `rev`.
 /// The txn header's revision, or "election: not leader".
-async fn proclaim(ctx: &Context, key: &[u8], rev: Revision, lease: i64, value: &[u8]) -> Result<Revision, Status> {
+async fn proclaim(
+    ctx: &Context,
+    md: &tonic::metadata::MetadataMap,
+    key: &[u8],
+    rev: Revision,
+    lease: i64,
+    value: &[u8],
+) -> Result<Revision, Status> {
     let t = cc::txn(
         ctx,
+        md,
         kvpb::TxnRequest {
             compare: vec![cc::create_revision_is(key, rev)],
             success: vec![cc::put(key, value, lease)],
@@ -99,6 +107,7 @@ impl Election for ElectionService {
         cc::check_access(ctx, &md, Some(&prefix), Some(&key))?;
         let t = cc::txn(
             ctx,
+            &md,
             kvpb::TxnRequest {
                 compare: vec![cc::create_revision_is(&key, 0)],
                 success: vec![cc::put(&key, &r.value, lease)],
@@ -113,9 +122,9 @@ impl Election for ElectionService {
             };
             leader_rev = kv.create_revision;
             if kv.value[..] != r.value[..] {
-                if let Err(e) = proclaim(ctx, &key, leader_rev, lease, &r.value).await {
+                if let Err(e) = proclaim(ctx, &md, &key, leader_rev, lease, &r.value).await {
                     // etcd resigns, ignoring the resign's own error.
-                    let _ = cc::txn(ctx, resign_request(&key, leader_rev)).await;
+                    let _ = cc::txn(ctx, &md, resign_request(&key, leader_rev)).await;
                     return Err(e);
                 }
             }
@@ -141,7 +150,7 @@ impl Election for ElectionService {
         let l = leader_key(r.leader)?;
         cc::check_access(&self.ctx, &md, None, Some(&l.key))?;
         let lease = cc::session_lease(&self.ctx, &self.lessor, l.lease).await?;
-        let rev = proclaim(&self.ctx, &l.key, l.rev, lease, &r.value).await?;
+        let rev = proclaim(&self.ctx, &md, &l.key, l.rev, lease, &r.value).await?;
         Ok(Response::new(pb::ProclaimResponse { header: Some(self.ctx.header(rev)) }))
     }
 
@@ -191,7 +200,7 @@ impl Election for ElectionService {
         cc::check_access(&self.ctx, &md, None, Some(&l.key))?;
         // etcd makes a session here too (a 60 s lease for lease 0), though Resign uses none.
         cc::session_lease(&self.ctx, &self.lessor, l.lease).await?;
-        let t = cc::txn(&self.ctx, resign_request(&l.key, l.rev)).await?;
+        let t = cc::txn(&self.ctx, &md, resign_request(&l.key, l.rev)).await?;
         Ok(Response::new(pb::ResignResponse { header: Some(self.ctx.header(t.revision)) }))
     }
 }

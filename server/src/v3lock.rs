@@ -63,7 +63,7 @@ impl Lock for LockService {
             success: vec![cc::put(&my_key, b"", lease), owner.clone()],
             failure: vec![cc::get(&my_key), owner],
         };
-        let t = cc::txn(ctx, acquire).await?;
+        let t = cc::txn(ctx, &md, acquire).await?;
         let my_rev = if t.succeeded {
             t.revision
         } else {
@@ -108,7 +108,7 @@ impl Lock for LockService {
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         cc::check_access(&self.ctx, &md, None, Some(&r.key))?;
-        let rev = cc::delete_key(&self.ctx, &r.key).await?;
+        let rev = cc::delete_key(&self.ctx, &md, &r.key).await?;
         Ok(Response::new(pb::UnlockResponse { header: Some(self.ctx.header(rev)) }))
     }
 }

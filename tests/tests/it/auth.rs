@@ -666,6 +666,11 @@ async fn lock_election_script(endpoint: &str) -> Vec<String> {
         let r = lock.lock(req(LockRequest { name: name.as_bytes().to_vec().into(), lease: 0 }, token)).await;
         log.push(format!("lock {name} as {}: {}", token.map_or("nobody", |_| "alice"), out(r, |_| String::new())));
     }
+    for (key, token) in [("ok/l/1", Some(alice.as_str())), ("no/l/1", Some(alice.as_str())), ("ok/l/1", None)] {
+        let r =
+            lock.unlock(req(cairn_proto::v3lockpb::UnlockRequest { key: key.as_bytes().to_vec().into() }, token)).await;
+        log.push(format!("unlock {key} as {}: {}", token.map_or("nobody", |_| "alice"), out(r, |_| String::new())));
+    }
     for name in ["ok/e", "ro/e", "no/e"] {
         let r = elect
             .campaign(req(
