@@ -97,6 +97,24 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// The session's lease: the given one, or for 0 a new lease of 60 s (etcd's
 /// `NewSession(WithLease(0))` grants one; the session is orphaned at once, so nothing keeps
 /// it alive).
+/// The start of Lock and Campaign (etcd's NewSession + key): the caller's session lease,
+/// the prefix `<name>/` and its key `<name>/<lease hex>`, with the caller's permissions on
+/// both checked.
+pub async fn session_key(
+    ctx: &Arc<Context>,
+    lessor: &Arc<Lessor>,
+    md: &tonic::metadata::MetadataMap,
+    name: &[u8],
+    lease: LeaseId,
+) -> Result<(LeaseId, Vec<u8>, Vec<u8>), Status> {
+    check_access(ctx, md, None, None)?;
+    let lease = session_lease(ctx, lessor, lease).await?;
+    let prefix = [name, b"/"].concat();
+    let key = [&prefix[..], go_hex(lease).as_bytes()].concat();
+    check_access(ctx, md, Some(&prefix), Some(&key))?;
+    Ok((lease, prefix, key))
+}
+
 pub async fn session_lease(ctx: &Arc<Context>, lessor: &Arc<Lessor>, lease: LeaseId) -> Result<LeaseId, Status> {
     if lease != 0 {
         return Ok(lease);

@@ -100,11 +100,7 @@ impl Election for ElectionService {
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let ctx = &self.ctx;
-        cc::check_access(ctx, &md, None, None)?;
-        let lease = cc::session_lease(ctx, &self.lessor, r.lease).await?;
-        let prefix = [&r.name[..], b"/"].concat();
-        let key = [&prefix[..], cc::go_hex(lease).as_bytes()].concat();
-        cc::check_access(ctx, &md, Some(&prefix), Some(&key))?;
+        let (lease, prefix, key) = cc::session_key(ctx, &self.lessor, &md, &r.name, r.lease).await?;
         let t = cc::txn(
             ctx,
             &md,

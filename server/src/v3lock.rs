@@ -48,11 +48,7 @@ impl Lock for LockService {
         let r = request.into_inner();
         self.ctx.check_grpc_size(r.encoded_len())?;
         let ctx = &self.ctx;
-        cc::check_access(ctx, &md, None, None)?;
-        let lease = cc::session_lease(ctx, &self.lessor, r.lease).await?;
-        let prefix = [&r.name[..], b"/"].concat();
-        let my_key = [&prefix[..], cc::go_hex(lease).as_bytes()].concat();
-        cc::check_access(ctx, &md, Some(&prefix), Some(&my_key))?;
+        let (lease, prefix, my_key) = cc::session_key(ctx, &self.lessor, &md, &r.name, r.lease).await?;
 
         // tryAcquire: create the key unless this session has it already; read the owner.
         let owner = etcdserverpb::RequestOp {
