@@ -49,7 +49,19 @@ async fn concurrent_writes_share_fsyncs_and_survive_restart() {
     node.shutdown().await;
     drop(node);
 
-    let node = RaftNode::start(config(dir.path())).await.expect("restart");
+    // In-process restart: tasks of the stopped node (openraft's, the proposal batcher) may
+    // still hold the files for a moment on a loaded machine; redb refuses a second open
+    // until they let go. A new process (the real restart) never sees this.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let node = loop {
+        match RaftNode::start(config(dir.path())).await {
+            Ok(n) => break n,
+            Err(e) if e.contains("Cannot acquire lock") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
     node.wait_for_leader(Duration::from_secs(10)).await.expect("leader after restart");
     assert_eq!(node.store().current_revision(), 1 + WRITES as i64);
     let applied = node.write(put("after".into())).await.expect("write after restart");
