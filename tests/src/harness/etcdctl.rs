@@ -164,3 +164,63 @@ impl IdNames {
         line.to_string()
     }
 }
+
+/// A long-running etcdctl child (`lease keep-alive`, `lock`, `elect`, ...) against one
+/// endpoint: its stdout lines arrive on a channel; stdin and stderr are closed. Killed (by its
+/// pid) when dropped.
+pub struct EtcdctlProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EtcdctlProcess {
+    pub fn start(endpoint: &str, args: &[&str]) -> EtcdctlProcess {
+        let mut child = Command::new(etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start etcdctl {}: {e}", args.join(" ")));
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        EtcdctlProcess { child, lines }
+    }
+
+    /// The next line; panics if none is printed within `deadline`.
+    pub fn line(&self, deadline: std::time::Duration) -> String {
+        self.lines.recv_timeout(deadline).unwrap_or_else(|e| panic!("no line from etcdctl within {deadline:?}: {e}"))
+    }
+
+    /// The next line if one is printed within `deadline`.
+    pub fn line_within(&self, deadline: std::time::Duration) -> Option<String> {
+        self.lines.recv_timeout(deadline).ok()
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdctlProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -11,6 +11,6 @@ pub mod ports;
 pub mod server;
 
 pub use bins::{cairn_bin, etcd_bin, etcd_bin_dir, etcdctl_bin, repo_root, subject_kind};
-pub use etcdctl::{etcdctl, etcdctl_with_stdin, normalize, CmdOutput};
+pub use etcdctl::{etcdctl, etcdctl_with_stdin, normalize, CmdOutput, EtcdctlProcess};
 pub use ports::free_port;
 pub use server::{Server, ServerKind, ServerOptions};

@@ -10,9 +10,6 @@
 //!
 //! Waits are for conditions with a deadline, never fixed sleeps.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cairn_tests::diff::{
@@ -20,7 +17,7 @@ use cairn_tests::diff::{
     run_differential, txn, Script,
 };
 use cairn_tests::harness::{
-    etcdctl, etcdctl_bin, normalize, subject_kind, CmdOutput, Server, ServerKind, ServerOptions,
+    etcdctl, normalize, subject_kind, CmdOutput, EtcdctlProcess, Server, ServerKind, ServerOptions,
 };
 use cairn_tests::watch_util::{run_watch_diff, WatchRun};
 use etcd_client::{LeaseGrantOptions, PutOptions, WatchOptions};
@@ -271,47 +268,6 @@ async fn a_key_disappears_when_its_lease_expires() {
     assert_eq!(j["header"]["revision"], 4, "{j}");
 }
 
-/// `etcdctl lease keep-alive <id>` as a child process; its stdout lines arrive on a channel.
-struct KeepAliveProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl KeepAliveProcess {
-    fn start(endpoint: &str, lease: &str) -> KeepAliveProcess {
-        let mut child = Command::new(etcdctl_bin())
-            .env("ETCDCTL_API", "3")
-            .args([&format!("--endpoints={endpoint}"), "lease", "keep-alive", lease])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcdctl lease keep-alive");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        KeepAliveProcess { child, lines }
-    }
-
-    /// The next line, waiting at most `deadline`.
-    fn line(&self, deadline: Duration) -> Option<String> {
-        self.lines.recv_timeout(deadline).ok()
-    }
-}
-
-impl Drop for KeepAliveProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn etcdctl_keep_alive_keeps_a_lease_past_its_ttl_until_revoked() {
     let server = Server::start(subject_kind()).await;
@@ -319,11 +275,11 @@ async fn etcdctl_keep_alive_keeps_a_lease_past_its_ttl_until_revoked() {
     let lease = granted_id(etcdctl(&ep, &["lease", "grant", "2"]).ok());
     etcdctl(&ep, &["put", "k", "v", &format!("--lease={lease}")]).ok();
     let started = Instant::now();
-    let mut ka = KeepAliveProcess::start(&ep, &lease);
+    let mut ka = EtcdctlProcess::start(&ep, &["lease", "keep-alive", &lease]);
     // etcdctl keeps alive every TTL/3; wait for keep-alives spanning twice the TTL.
     let want = format!("lease {lease} keepalived with TTL(2)");
     while started.elapsed() < Duration::from_secs(4) {
-        let line = ka.line(Duration::from_secs(5)).unwrap_or_else(|| panic!("no keep-alive within 5 s"));
+        let line = ka.line_within(Duration::from_secs(5)).unwrap_or_else(|| panic!("no keep-alive within 5 s"));
         assert_eq!(line, want);
     }
     assert_eq!(etcdctl(&ep, &["get", "k", "--print-value-only"]).ok(), "v\n", "kept alive past its 2 s TTL");
@@ -334,7 +290,7 @@ async fn etcdctl_keep_alive_keeps_a_lease_past_its_ttl_until_revoked() {
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        match ka.line(Duration::from_secs(1)) {
+        match ka.line_within(Duration::from_secs(1)) {
             Some(l) if l == want => {}
             Some(l) => {
                 last = l;
@@ -344,7 +300,7 @@ async fn etcdctl_keep_alive_keeps_a_lease_past_its_ttl_until_revoked() {
         }
     }
     assert_eq!(last, format!("lease {lease} expired or revoked."));
-    let exited = wait_for(Duration::from_secs(10), || matches!(ka.child.try_wait(), Ok(Some(_))));
+    let exited = wait_for(Duration::from_secs(10), || ka.has_exited());
     assert!(exited, "etcdctl lease keep-alive ends once the lease is revoked");
     assert_eq!(etcdctl(&ep, &["get", "k"]).ok(), "");
 }

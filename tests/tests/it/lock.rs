@@ -14,9 +14,6 @@
 //! servers. Waits are for conditions with a deadline, never fixed sleeps.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,7 +29,7 @@ use cairn_proto::v3electionpb::{
 };
 use cairn_proto::v3lockpb::lock_client::LockClient;
 use cairn_proto::v3lockpb::{LockRequest, UnlockRequest};
-use cairn_tests::harness::{etcdctl, etcdctl_bin, subject_kind, Server, ServerKind};
+use cairn_tests::harness::{etcdctl, subject_kind, EtcdctlProcess, Server, ServerKind};
 use tonic::transport::Channel;
 
 /// Longest wait for a condition (a lease of 2 s to expire, a waiter to acquire).
@@ -547,58 +544,6 @@ async fn lock_gives_mutual_exclusion_under_contention() {
 
 // ---------------------------------------------------------------- etcdctl
 
-/// A long-running etcdctl child; its stdout lines arrive on a channel. Killed on drop.
-struct Etcdctl {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Etcdctl {
-    fn start(endpoint: &str, args: &[&str]) -> Etcdctl {
-        let mut child = Command::new(etcdctl_bin())
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcdctl");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Etcdctl { child, lines }
-    }
-
-    /// The next line, waiting at most [`DEADLINE`].
-    fn line(&self) -> String {
-        self.lines.recv_timeout(DEADLINE).unwrap_or_else(|e| panic!("no line from etcdctl within {DEADLINE:?}: {e}"))
-    }
-
-    /// A line if one is printed within `d`.
-    fn line_within(&self, d: Duration) -> Option<String> {
-        self.lines.recv_timeout(d).ok()
-    }
-
-    /// SIGKILL: the process cannot revoke its session lease, which must expire.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Etcdctl {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn keys_under(endpoint: &str, prefix: &str) -> Vec<String> {
     etcdctl(endpoint, &["get", "--prefix", "--keys-only", prefix])
         .ok()
@@ -612,10 +557,10 @@ fn keys_under(endpoint: &str, prefix: &str) -> Vec<String> {
 async fn etcdctl_lock_waits_for_the_holder_then_acquires() {
     let mut server = Server::start(subject_kind()).await;
     let ep = server.endpoint();
-    let mut first = Etcdctl::start(&ep, &["lock", "--ttl=2", "mylock"]);
-    let held = first.line();
+    let mut first = EtcdctlProcess::start(&ep, &["lock", "--ttl=2", "mylock"]);
+    let held = first.line(DEADLINE);
     assert!(held.starts_with("mylock/"), "etcdctl lock prints the lock key, got {held:?}");
-    let second = Etcdctl::start(&ep, &["lock", "--ttl=2", "mylock"]);
+    let second = EtcdctlProcess::start(&ep, &["lock", "--ttl=2", "mylock"]);
     // The second is waiting: its key exists (created after the holder's), it printed nothing.
     let deadline = Instant::now() + DEADLINE;
     while keys_under(&ep, "mylock/").len() < 2 {
@@ -625,7 +570,7 @@ async fn etcdctl_lock_waits_for_the_holder_then_acquires() {
     assert_eq!(second.line_within(Duration::from_millis(300)), None, "the lock was acquired while held");
     // The holder dies without unlocking: the lock passes once its lease expires.
     first.kill();
-    let next = second.line();
+    let next = second.line(DEADLINE);
     assert!(next.starts_with("mylock/") && next != held, "second holder key {next:?} (first {held:?})");
     assert_eq!(keys_under(&ep, "mylock/"), vec![next]);
     drop(second);
@@ -650,13 +595,13 @@ async fn etcdctl_lock_runs_a_command_with_the_lock_key_and_releases() {
 async fn etcdctl_elect_observe_and_failover() {
     let mut server = Server::start(subject_kind()).await;
     let ep = server.endpoint();
-    let observer = Etcdctl::start(&ep, &["elect", "-l", "myelection"]);
-    let mut first = Etcdctl::start(&ep, &["elect", "myelection", "p1"]);
-    let key1 = first.line();
+    let observer = EtcdctlProcess::start(&ep, &["elect", "-l", "myelection"]);
+    let mut first = EtcdctlProcess::start(&ep, &["elect", "myelection", "p1"]);
+    let key1 = first.line(DEADLINE);
     assert!(key1.starts_with("myelection/"), "{key1}");
-    assert_eq!(first.line(), "p1");
-    assert_eq!((observer.line(), observer.line()), (key1.clone(), "p1".to_string()));
-    let second = Etcdctl::start(&ep, &["elect", "myelection", "p2"]);
+    assert_eq!(first.line(DEADLINE), "p1");
+    assert_eq!((observer.line(DEADLINE), observer.line(DEADLINE)), (key1.clone(), "p1".to_string()));
+    let second = EtcdctlProcess::start(&ep, &["elect", "myelection", "p2"]);
     let deadline = Instant::now() + DEADLINE;
     while keys_under(&ep, "myelection/").len() < 2 {
         assert!(Instant::now() < deadline, "the second candidate never queued");
@@ -671,10 +616,10 @@ async fn etcdctl_elect_observe_and_failover() {
     first.kill();
     let lease = key1.strip_prefix("myelection/").expect("key under the election");
     etcdctl(&ep, &["lease", "revoke", lease]).ok();
-    let key2 = second.line();
+    let key2 = second.line(DEADLINE);
     assert!(key2.starts_with("myelection/") && key2 != key1, "{key2}");
-    assert_eq!(second.line(), "p2");
-    assert_eq!((observer.line(), observer.line()), (key2, "p2".to_string()));
+    assert_eq!(second.line(DEADLINE), "p2");
+    assert_eq!((observer.line(DEADLINE), observer.line(DEADLINE)), (key2, "p2".to_string()));
     drop(second);
     drop(observer);
     server.stop();
