@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/etcdserverpb/rpc.proto",
     "proto/v3lockpb/v3lock.proto",
     "proto/v3electionpb/v3election.proto",
+    "proto/cairnpeerpb/peer.proto",
 ];
 
 const NO_PROTOC: &str = "cairn-proto: `protoc` (the Protocol Buffers compiler) was not found. \

@@ -94,4 +94,11 @@ pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
+/// Package `cairnpeerpb`: Cairn's private member-to-member protocol (raft messages,
+/// forwarded proposals and reads) on the peer URLs.
+#[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod cairnpeerpb {
+    tonic::include_proto!("cairnpeerpb");
+}
+
 pub mod rpctypes;

@@ -5,7 +5,7 @@
 //! - [`node`]: [`RaftNode`]: start/bootstrap, `write`, `read_index`, status.
 //! - [`log_store`]: the raft log in its own redb file, group commit on a writer thread.
 //! - [`state_machine`]: applies committed entries to `cairn_storage::Store`; snapshots.
-//! - [`network`]: the peer network (none yet: one-voter groups only).
+//! - [`network`]: the peer network: openraft's RPCs over a [`PeerTransport`].
 //! - [`codec`]: byte formats of entries, votes and snapshot meta.
 //! - [`types`]: the openraft type configuration.
 
@@ -20,5 +20,7 @@ pub mod node;
 pub mod state_machine;
 pub mod types;
 
+pub use network::{NoPeers, PeerError, PeerFuture, PeerTransport};
 pub use node::{NodeConfig, RaftNode, RaftStatus, WriteError};
 pub use state_machine::ApplyListener;
+pub use types::Origin;

@@ -1,7 +1,8 @@
 //! [`RaftNode`]: one member's raft group, the only door to writes and linearizable reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,36 +11,45 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::codec;
 use crate::log_store::LogStore;
-use crate::network::Network;
+use crate::network::{method, Network, PeerError, PeerTransport};
 use crate::state_machine::{ApplyListener, StateMachine};
 use crate::types::*;
 
 /// How a member is set up.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// etcd-style member ID; also the raft node ID.
     pub member_id: u64,
-    /// This member's peer URL, recorded in the raft membership.
-    pub peer_url: String,
+    /// Every member of a new cluster, this one included: member ID -> peer URL (etcd's
+    /// `--initial-cluster`). Used only when the member starts with an empty log.
+    pub initial_members: BTreeMap<u64, String>,
     /// Directory holding `state.redb`, `raft-log.redb` and `snap/`.
     pub dir: PathBuf,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     /// Applied entries between raft snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// How peer messages travel ([`crate::network::NoPeers`] for a one-member group).
+    pub transport: Arc<dyn PeerTransport>,
 }
 
-/// Why a write failed. None of these applied anything.
+/// Why a write failed. None of these applied anything, except `Other` after a forward,
+/// whose outcome is unknown (as etcd's "request timed out").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteError {
     /// No leader is known.
     NoLeader,
-    /// Another member leads (multi-node; forwarding is not implemented yet).
+    /// Another member leads (a forwarded proposal reached a member that lost leadership).
     NotLeader { leader: Option<u64> },
     /// The node is shutting down or its raft core stopped.
     Stopped,
-    /// openraft reported something else.
+    /// The request reached the leader, which then failed or became unreachable: whether it
+    /// was applied is unknown (etcd's "request timed out, possibly due to previous leader
+    /// failure").
+    LeaderLost,
+    /// openraft or the peer network reported something else.
     Other(String),
 }
 
@@ -59,12 +69,159 @@ const PROPOSAL_QUEUE: usize = 16_384;
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// Most (approximate) bytes in one raft entry.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Batches handed to openraft at once; the next batch forms while these are in flight.
+/// Batches handed to openraft (or forwarded to the leader) at once; the next batch forms
+/// while these are in flight.
 const MAX_INFLIGHT_BATCHES: usize = 2;
+/// Entries in one AppendEntries message. openraft gives each message one heartbeat interval
+/// to arrive, so a message must stay small enough for that (entries are at most 4 MiB).
+const MAX_PAYLOAD_ENTRIES: u64 = 8;
+/// How long a forwarded proposal or read-index request may take on the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(7);
 
 struct Proposal {
     cmd: Command,
+    /// `Origin::default()` for a proposal of this member; a forwarded one keeps its own.
+    origin: Origin,
     done: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+/// Proposals this member forwarded to the leader, answered when this member applies them.
+pub(crate) struct Waiters {
+    member_id: u64,
+    next_seq: AtomicU64,
+    map: std::sync::Mutex<WaiterMap>,
+}
+
+#[derive(Default)]
+struct WaiterMap {
+    waiting: HashMap<u64, oneshot::Sender<Result<Applied, WriteError>>>,
+    /// Size after the last sweep of abandoned waiters.
+    swept_at: usize,
+}
+
+impl Waiters {
+    pub(crate) fn new(member_id: u64) -> Waiters {
+        Waiters { member_id, next_seq: AtomicU64::new(1), map: Default::default() }
+    }
+
+    fn register(&self, done: oneshot::Sender<Result<Applied, WriteError>>) -> Origin {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.map.lock().expect("waiters lock poisoned");
+        // A waiter whose caller gave up (timeout) is never answered if its entry is not
+        // applied here: sweep those when the map has doubled since the last sweep.
+        if m.waiting.len() >= 2 * m.swept_at.max(512) {
+            m.waiting.retain(|_, s| !s.is_closed());
+            m.swept_at = m.waiting.len();
+        }
+        m.waiting.insert(seq, done);
+        Origin { member: self.member_id, seq }
+    }
+
+    fn fail(&self, origin: Origin, e: WriteError) {
+        let w = self.map.lock().expect("waiters lock poisoned").waiting.remove(&origin.seq);
+        if let Some(w) = w {
+            let _ = w.send(Err(e));
+        }
+    }
+
+    /// Whether `origin` is one of this member's forwarded proposals.
+    pub(crate) fn is_mine(&self, origin: Origin) -> bool {
+        origin.member == self.member_id && origin.member != 0
+    }
+
+    /// Answers a forwarded proposal with its outcome here.
+    pub(crate) fn applied(&self, origin: Origin, outcome: &Applied) {
+        let w = self.map.lock().expect("waiters lock poisoned").waiting.remove(&origin.seq);
+        if let Some(w) = w {
+            let _ = w.send(Ok(outcome.clone()));
+        }
+    }
+}
+
+/// What the batcher and the peer handlers share.
+struct Shared {
+    raft: Raft<TypeConfig>,
+    transport: Arc<dyn PeerTransport>,
+    waiters: Arc<Waiters>,
+    election_timeout: Duration,
+}
+
+impl Shared {
+    /// The leader and its peer URL, waiting up to two election timeouts for one.
+    async fn leader(&self) -> Result<(u64, String), WriteError> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + 2 * self.election_timeout;
+        loop {
+            {
+                let m = rx.borrow();
+                if let Some(l) = m.current_leader {
+                    let addr = m.membership_config.membership().get_node(&l).map(|n| n.addr.clone());
+                    return addr.map(|a| (l, a)).ok_or(WriteError::NoLeader);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteError::Stopped),
+                Err(_) => return Err(WriteError::NoLeader),
+            }
+        }
+    }
+
+    /// Calls the leader, following leadership changes: a call that could not be delivered
+    /// (no connection) or that reached a member which no longer leads is sent again to the
+    /// next leader, until `deadline`. Anything else that fails after delivery is
+    /// [`WriteError::LeaderLost`]: the leader may have acted on it.
+    async fn call_leader(
+        &self,
+        method: &'static str,
+        body: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, WriteError> {
+        loop {
+            let (leader, addr) = self.leader().await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::LeaderLost);
+            }
+            let retry = match self.transport.call(&addr, method, body.clone(), left).await {
+                Ok(resp) => match codec::decode_index_result(&resp) {
+                    Ok(Ok(i)) => return Ok(i),
+                    Ok(Err(WriteError::NotLeader { .. } | WriteError::NoLeader)) => true,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(WriteError::Other(format!("undecodable {method} response: {e}"))),
+                },
+                Err(PeerError::Unreachable(m)) => {
+                    tracing::debug!(leader, error = %m, method, "leader unreachable; waiting for the next one");
+                    true
+                }
+                Err(PeerError::Failed(m)) => {
+                    tracing::warn!(leader, error = %m, method, "call to the leader failed");
+                    return Err(WriteError::LeaderLost);
+                }
+            };
+            if retry {
+                // Wait for another leader (or give this one a moment), then try again.
+                let mut rx = self.raft.metrics();
+                let pause = tokio::time::Instant::now() + Duration::from_millis(100);
+                let until = pause.min(deadline);
+                while tokio::time::Instant::now() < until {
+                    if rx.borrow().current_leader.is_some_and(|l| l != leader) {
+                        break;
+                    }
+                    if tokio::time::timeout_at(until, rx.changed()).await.is_ok_and(|r| r.is_err()) {
+                        return Err(WriteError::Stopped);
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(WriteError::LeaderLost);
+                }
+            }
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
 }
 
 pub struct RaftNode {
@@ -75,37 +232,58 @@ pub struct RaftNode {
     sm: StateMachine,
     member_id: u64,
     state_path: PathBuf,
+    shared: Arc<Shared>,
 }
 
 impl RaftNode {
-    /// Opens the member's files and starts raft. A member with no membership yet bootstraps
-    /// itself as the single voter.
+    /// Opens the member's files and starts raft. A member with an empty log bootstraps the
+    /// group from `initial_members` (every member of a new cluster does the same, with the
+    /// same members, so they agree on the first membership entry).
     pub async fn start(cfg: NodeConfig) -> Result<RaftNode, String> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("create {}: {e}", cfg.dir.display()))?;
+        if !cfg.initial_members.contains_key(&cfg.member_id) {
+            return Err(format!("member {:x} is not one of the initial members", cfg.member_id));
+        }
         let state_path = cfg.dir.join("state.redb");
         let store = Arc::new(Store::open(&state_path, StoreOptions::default()).map_err(|e| e.to_string())?);
         let log = LogStore::open(&cfg.dir.join("raft-log.redb")).map_err(|e| e.to_string())?;
-        let sm = StateMachine::new(store.clone(), cfg.dir.join("snap")).map_err(|e| e.to_string())?;
+        let waiters = Arc::new(Waiters::new(cfg.member_id));
+        let sm = StateMachine::with_waiters(store.clone(), cfg.dir.join("snap"), waiters.clone())
+            .map_err(|e| e.to_string())?;
         let config = Config {
             cluster_name: "cairn".into(),
             heartbeat_interval: cfg.heartbeat_interval_ms,
-            election_timeout_min: cfg.election_timeout_ms,
-            election_timeout_max: cfg.election_timeout_ms * 2,
+            // openraft waits `election_timeout_max` (its leader lease) plus a random timeout
+            // in [min, max) before a follower campaigns: with [ET/2, ET) a dead leader is
+            // replaced after 1.5-2 ET, close to etcd's [ET, 2ET).
+            election_timeout_min: (cfg.election_timeout_ms / 2).max(cfg.heartbeat_interval_ms + 1),
+            election_timeout_max: cfg.election_timeout_ms.max(cfg.heartbeat_interval_ms + 2),
+            // A snapshot chunk must arrive within this (default 200 ms).
+            install_snapshot_timeout: cfg.election_timeout_ms.max(1000),
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            snapshot_max_chunk_size: 1 << 20,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         }
         .validate()
         .map_err(|e| e.to_string())?;
-        let raft = Raft::new(cfg.member_id, Arc::new(config), Network, log.clone(), sm.clone())
+        let network = Network { transport: cfg.transport.clone() };
+        let raft = Raft::new(cfg.member_id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| e.to_string())?;
+        let shared = Arc::new(Shared {
+            raft: raft.clone(),
+            transport: cfg.transport.clone(),
+            waiters,
+            election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+        });
         let (proposals, rx) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(batcher(raft.clone(), rx));
-        let node = RaftNode { raft, proposals, log, store, sm, member_id: cfg.member_id, state_path };
+        tokio::spawn(batcher(shared.clone(), rx));
+        let node = RaftNode { raft, proposals, log, store, sm, member_id: cfg.member_id, state_path, shared };
         if !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
-            let mut members = BTreeMap::new();
-            members.insert(cfg.member_id, BasicNode { addr: cfg.peer_url.clone() });
+            let members: BTreeMap<u64, BasicNode> =
+                cfg.initial_members.iter().map(|(id, url)| (*id, BasicNode { addr: url.clone() })).collect();
             node.raft.initialize(members).await.map_err(|e| e.to_string())?;
         } else if node.is_sole_voter() {
             // Alone in the group: no need to wait out an election timeout after a restart.
@@ -140,6 +318,11 @@ impl RaftNode {
         self.sm.set_listener(l);
     }
 
+    /// Called after a snapshot sent by the leader replaced this member's store.
+    pub fn set_install_listener(&self, l: crate::state_machine::InstallListener) {
+        self.sm.set_install_listener(l);
+    }
+
     /// Group commits (fsyncs) of the raft log since start.
     pub fn log_fsyncs(&self) -> u64 {
         self.log.fsyncs()
@@ -169,29 +352,114 @@ impl RaftNode {
     }
 
     /// Replicates and applies `cmd`; returns its outcome once applied on this member.
-    /// Concurrent writes are batched into one raft entry (one fsync).
+    /// Concurrent writes are batched into one raft entry (one fsync). On a follower the
+    /// batch is forwarded to the leader and answered by this member's own apply.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
         let (done, rx) = oneshot::channel();
-        self.proposals.send(Proposal { cmd, done }).await.map_err(|_| WriteError::Stopped)?;
+        self.proposals
+            .send(Proposal { cmd, origin: Origin::default(), done })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
-    /// ReadIndex: confirms leadership with a quorum and waits until this member has applied
-    /// everything committed before the call. A local read after it is linearizable.
+    /// ReadIndex: confirms leadership with a quorum (on a follower: asks the leader to) and
+    /// waits until this member has applied everything committed before the call. A local
+    /// read after it is linearizable.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn read_index(&self) -> Result<(), WriteError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id)),
-            Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
+        if self.shared.is_leader() {
+            return match self.raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id)),
+                Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
+                Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
+            };
         }
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        let index = self.shared.call_leader(method::READ_INDEX, Vec::new(), deadline).await?;
+        self.wait_applied(index).await
+    }
+
+    /// Waits until this member has applied log index `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), WriteError> {
+        match self.raft.wait(Some(FORWARD_TIMEOUT)).applied_index_at_least(Some(index), "read index").await {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::Timeout(..)) => {
+                Err(WriteError::Other("timed out waiting for the read index to be applied".into()))
+            }
+            Err(openraft::metrics::WaitError::ShuttingDown) => Err(WriteError::Stopped),
+        }
+    }
+
+    /// Serves one call of the peer protocol (see [`crate::network::method`]); the answer
+    /// body, or an error message for the caller.
+    pub async fn handle_peer(&self, method: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        let bad = |e: cairn_storage::DecodeError| format!("undecodable {method} message: {e}");
+        match method {
+            method::APPEND => {
+                let req = codec::decode_append_request(body).map_err(bad)?;
+                let resp = self.raft.append_entries(req).await.map_err(|e| e.to_string())?;
+                Ok(codec::encode_append_response(&resp))
+            }
+            method::VOTE => {
+                let req = codec::decode_vote_request(body).map_err(bad)?;
+                let resp = self.raft.vote(req).await.map_err(|e| e.to_string())?;
+                Ok(codec::encode_vote_response(&resp))
+            }
+            method::SNAPSHOT => {
+                let req = codec::decode_snapshot_request(body).map_err(bad)?;
+                let resp = self.raft.install_snapshot(req).await.map_err(|e| e.to_string())?;
+                Ok(codec::encode_snapshot_response(&resp))
+            }
+            method::FORWARD => {
+                let cmds = codec::decode_forward(body).map_err(bad)?;
+                Ok(codec::encode_index_result(&self.propose_forwarded(cmds).await.map(|()| 0)))
+            }
+            method::READ_INDEX => {
+                let res = match self.raft.get_read_log_id().await {
+                    Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id)),
+                    Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
+                    Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
+                };
+                Ok(codec::encode_index_result(&res))
+            }
+            other => Err(format!("unknown peer method {other:?}")),
+        }
+    }
+
+    /// Proposes commands another member forwarded, batched with this member's own; returns
+    /// once they are applied here (the forwarding member answers from its own apply).
+    async fn propose_forwarded(&self, cmds: Vec<(Origin, Command)>) -> Result<(), WriteError> {
+        let mut pending = Vec::with_capacity(cmds.len());
+        for (origin, cmd) in cmds {
+            let (done, rx) = oneshot::channel();
+            self.proposals.send(Proposal { cmd, origin, done }).await.map_err(|_| WriteError::Stopped)?;
+            pending.push(rx);
+        }
+        for rx in pending {
+            rx.await.map_err(|_| WriteError::Stopped)??;
+        }
+        Ok(())
     }
 
     /// The current raft term, without copying the whole metrics (response headers).
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader()
+    }
+
+    /// The leader and its peer URL, if one is known.
+    pub fn leader_peer(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let l = m.current_leader?;
+        m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone()))
     }
 
     /// Whether a leader is known (without copying the whole metrics).
@@ -241,9 +509,10 @@ fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>)
     }
 }
 
-/// Takes every queued proposal (up to the batch bounds) into one raft entry, submits it,
-/// and answers each proposal with its own outcome.
-async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>) {
+/// Takes every queued proposal (up to the batch bounds) into one raft entry and submits it:
+/// on the leader to openraft, answering each proposal with its own outcome; on a follower
+/// to the leader, each proposal then answered by this member's apply of it.
+async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>) {
     let inflight = std::sync::Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
@@ -258,34 +527,78 @@ async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.done)).unzip();
-        let raft = raft.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match raft.client_write(Request(cmds)).await {
-                Ok(resp) => {
-                    let outcomes = resp.data.0;
-                    if outcomes.len() != waiters.len() {
-                        tracing::error!(
-                            got = outcomes.len(),
-                            want = waiters.len(),
-                            "batch applied with a wrong outcome count"
-                        );
-                    }
-                    let mut outcomes = outcomes.into_iter();
-                    for w in waiters {
-                        let r =
-                            outcomes.next().ok_or_else(|| WriteError::Other("no outcome for a batched command".into()));
-                        let _ = w.send(r);
-                    }
-                }
-                Err(e) => {
-                    let e = client_write_error(e);
-                    for w in waiters {
-                        let _ = w.send(Err(e.clone()));
-                    }
-                }
+            if shared.is_leader() {
+                submit(&shared, batch).await;
+            } else {
+                forward(&shared, batch).await;
             }
         });
+    }
+}
+
+/// Leader: one raft entry for the batch.
+async fn submit(shared: &Shared, batch: Vec<Proposal>) {
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut origins = Vec::with_capacity(batch.len());
+    let mut waiters = Vec::with_capacity(batch.len());
+    for p in batch {
+        commands.push(p.cmd);
+        origins.push(p.origin);
+        waiters.push(p.done);
+    }
+    if origins.iter().all(|o| *o == Origin::default()) {
+        origins.clear();
+    }
+    match shared.raft.client_write(Request { commands, origins }).await {
+        Ok(resp) => {
+            let outcomes = resp.data.0;
+            if outcomes.len() != waiters.len() {
+                tracing::error!(got = outcomes.len(), want = waiters.len(), "batch applied with a wrong outcome count");
+            }
+            let mut outcomes = outcomes.into_iter();
+            for w in waiters {
+                let r = outcomes.next().ok_or_else(|| WriteError::Other("no outcome for a batched command".into()));
+                let _ = w.send(r);
+            }
+        }
+        Err(e) => {
+            let e = client_write_error(e);
+            for w in waiters {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Follower: the batch goes to the leader; this member's proposals wait for their apply
+/// here. Proposals forwarded to this member (it lost leadership meanwhile) are refused.
+async fn forward(shared: &Shared, batch: Vec<Proposal>) {
+    let mut mine = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.origin == Origin::default() {
+            let origin = shared.waiters.register(p.done);
+            mine.push((origin, p.cmd));
+        } else {
+            let leader = shared.raft.metrics().borrow().current_leader;
+            let _ = p.done.send(Err(not_leader(leader)));
+        }
+    }
+    if mine.is_empty() {
+        return;
+    }
+    let fail = |e: WriteError| {
+        for (o, _) in &mine {
+            shared.waiters.fail(*o, e.clone());
+        }
+    };
+    let refs: Vec<(Origin, &Command)> = mine.iter().map(|(o, c)| (*o, c)).collect();
+    let body = codec::encode_forward(&refs);
+    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+    // Accepted and applied on the leader: this member's apply answers each waiter.
+    if let Err(e) = shared.call_leader(method::FORWARD, body, deadline).await {
+        fail(e);
     }
 }

@@ -16,6 +16,7 @@ use openraft::{EntryPayload, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use tokio::sync::Mutex;
 
 use crate::codec;
+use crate::node::Waiters;
 use crate::types::*;
 
 /// The longest the store goes without a durable commit while applying.
@@ -28,6 +29,9 @@ const INLINE_APPLY_COMMANDS: usize = 8;
 /// Called after every applied batch, with what it did (events for watches, revisions).
 pub type ApplyListener = Arc<dyn Fn(&BatchOutcome) + Send + Sync>;
 
+/// Called after an installed snapshot replaced the store (revisions jumped, auth changed).
+pub type InstallListener = Arc<dyn Fn() + Send + Sync>;
+
 struct Inner {
     store: Arc<Store>,
     snapshot_dir: PathBuf,
@@ -37,6 +41,10 @@ struct Inner {
     listener: std::sync::Mutex<Option<ApplyListener>>,
     /// How long each apply transaction's commit took (etcd's backend commit latency).
     commit_times: Arc<crate::log_store::DurationHistogram>,
+    /// Proposals this member forwarded to the leader, answered here when applied.
+    waiters: Arc<Waiters>,
+    /// Called after a snapshot from the leader replaced the store.
+    on_install: std::sync::Mutex<Option<InstallListener>>,
 }
 
 struct SmState {
@@ -69,7 +77,16 @@ impl StateMachine {
         &self.inner.commit_times
     }
 
+    /// A state machine that forwards nothing (openraft's conformance suite).
     pub fn new(store: Arc<Store>, snapshot_dir: PathBuf) -> Result<StateMachine, StorageError> {
+        StateMachine::with_waiters(store, snapshot_dir, Arc::new(Waiters::new(0)))
+    }
+
+    pub(crate) fn with_waiters(
+        store: Arc<Store>,
+        snapshot_dir: PathBuf,
+        waiters: Arc<Waiters>,
+    ) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(sm_err)?;
         Ok(StateMachine {
             inner: Arc::new(Inner {
@@ -78,8 +95,14 @@ impl StateMachine {
                 lock: Mutex::new(SmState { last_durable: Instant::now(), membership: None }),
                 listener: std::sync::Mutex::new(None),
                 commit_times: Arc::new(crate::log_store::DurationHistogram::default()),
+                waiters,
+                on_install: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    pub fn set_install_listener(&self, l: InstallListener) {
+        *self.inner.on_install.lock().expect("listener lock poisoned") = Some(l);
     }
 
     pub fn set_listener(&self, l: ApplyListener) {
@@ -129,12 +152,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut items: Vec<(u64, Option<Command>)> = Vec::new();
         // Commands per entry, to regroup the outcomes into one response per entry.
         let mut per_entry: Vec<usize> = Vec::new();
+        // Commands this member forwarded: (position in `items`, origin).
+        let mut mine: Vec<(usize, Origin)> = Vec::new();
         for e in entries {
             last = Some(e.log_id);
             match e.payload {
-                EntryPayload::Normal(req) if !req.0.is_empty() => {
-                    per_entry.push(req.0.len());
-                    items.extend(req.0.into_iter().map(|c| (e.log_id.index, Some(c))));
+                EntryPayload::Normal(req) if !req.commands.is_empty() => {
+                    per_entry.push(req.commands.len());
+                    for (i, o) in req.origins.iter().enumerate() {
+                        if self.inner.waiters.is_mine(*o) {
+                            mine.push((items.len() + i, *o));
+                        }
+                    }
+                    items.extend(req.commands.into_iter().map(|c| (e.log_id.index, Some(c))));
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(e.log_id), m);
@@ -182,6 +212,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(l) = listener {
             l(&outcome);
         }
+        for (pos, origin) in mine {
+            match outcome.applied.get(pos) {
+                Some(Some(applied)) => self.inner.waiters.applied(origin, applied),
+                _ => tracing::error!(pos, "no outcome for a forwarded command"),
+            }
+        }
         let mut outcomes = outcome.applied.into_iter().flatten();
         Ok(per_entry.into_iter().map(|n| Response(outcomes.by_ref().take(n).collect())).collect())
     }
@@ -217,6 +253,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (snap, meta_path) = self.current_paths();
         std::fs::rename(self.inner.snapshot_dir.join("receiving.snap"), &snap).map_err(sm_err)?;
         write_atomically(&meta_path, &codec::encode_snapshot_meta(meta)).map_err(sm_err)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
+        let listener = self.inner.on_install.lock().expect("listener lock poisoned").clone();
+        if let Some(l) = listener {
+            l();
+        }
         Ok(())
     }
 

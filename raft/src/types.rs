@@ -5,15 +5,40 @@ use std::fmt;
 
 use cairn_storage::{Applied, Command};
 
+/// Who proposed a command. A member that forwarded a command to the leader answers its
+/// client from its own apply of the entry, found by `(member, seq)` (etcd's wait by request
+/// ID). `member == 0`: proposed on the leader itself, answered by `client_write`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub member: u64,
+    pub seq: u64,
+}
+
 /// The application data of a log entry: a batch of replicated commands, applied in order,
 /// each with its own revision. Batching concurrent proposals into one entry is our group
 /// commit: openraft 0.9 appends and flushes one client write at a time.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request(pub Vec<Command>);
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub commands: Vec<Command>,
+    /// Empty (every command proposed on the leader) or one origin per command.
+    pub origins: Vec<Origin>,
+}
+
+impl Request {
+    /// Commands proposed on the leader itself.
+    pub fn local(commands: Vec<Command>) -> Request {
+        Request { commands, origins: Vec::new() }
+    }
+
+    /// The origin of command `i`.
+    pub fn origin(&self, i: usize) -> Origin {
+        self.origins.get(i).copied().unwrap_or_default()
+    }
+}
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "batch of {} command(s)", self.0.len())
+        write!(f, "batch of {} command(s)", self.commands.len())
     }
 }
 

@@ -355,6 +355,57 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
     Ok(Invocation::Run(Box::new(c)))
 }
 
+/// etcd's default `--initial-cluster` (with `--name default`).
+const DEFAULT_INITIAL_CLUSTER: &str = "default=http://localhost:2380";
+
+impl Config {
+    /// The members of `--initial-cluster`, name -> peer URLs (sorted), in order of first
+    /// appearance. As etcd: with the default value and another `--name`, the cluster is this
+    /// member alone at its `--initial-advertise-peer-urls`; this member must be listed, with
+    /// exactly its advertised peer URLs.
+    pub fn initial_members(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        if self.initial_cluster == DEFAULT_INITIAL_CLUSTER && self.name != "default" {
+            out.push((self.name.clone(), self.initial_advertise_peer_urls.clone()));
+        } else {
+            for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (name, url) = part
+                    .split_once('=')
+                    .ok_or_else(|| ConfigError(format!("--initial-cluster: {part:?} is not name=url")))?;
+                socket_addr(url)?;
+                match out.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, urls)) => urls.push(url.to_string()),
+                    None => out.push((name.to_string(), vec![url.to_string()])),
+                }
+            }
+        }
+        for (_, urls) in &mut out {
+            urls.sort();
+            urls.dedup();
+        }
+        let Some((_, mine)) = out.iter().find(|(n, _)| *n == self.name) else {
+            return Err(ConfigError(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                self.name
+            )));
+        };
+        let mut advertised = self.initial_advertise_peer_urls.clone();
+        advertised.sort();
+        advertised.dedup();
+        if *mine != advertised {
+            return Err(ConfigError(format!(
+                "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} (resolved urls: {:?} != {:?})",
+                self.name,
+                mine.join(","),
+                self.initial_advertise_peer_urls.join(","),
+                mine,
+                advertised
+            )));
+        }
+        Ok(out)
+    }
+}
+
 /// `host:port` of a listen URL. Only plain `http://` is served so far.
 pub fn socket_addr(url: &str) -> Result<String, ConfigError> {
     if url.starts_with("https://") || url.starts_with("unixs://") {
@@ -399,6 +450,36 @@ mod tests {
         assert!(run(&["--experimental-watch-progress-notify-interval", "5"], &[]).is_err());
         assert_eq!(socket_addr("http://127.0.0.1:2379").expect("url"), "127.0.0.1:2379");
         assert!(socket_addr("https://127.0.0.1:2379").is_err());
+    }
+
+    #[test]
+    fn initial_cluster() {
+        let c = run(&[], &[]).expect("defaults");
+        assert_eq!(
+            c.initial_members().expect("default"),
+            vec![("default".into(), vec!["http://localhost:2380".into()])]
+        );
+        let c = run(&["--name", "n1", "--initial-advertise-peer-urls", "http://127.0.0.1:7001"], &[]).expect("flags");
+        assert_eq!(c.initial_members().expect("from name"), vec![("n1".into(), vec!["http://127.0.0.1:7001".into()])]);
+        let c = run(
+            &[
+                "--name",
+                "b",
+                "--initial-advertise-peer-urls",
+                "http://h:2",
+                "--initial-cluster",
+                "a=http://h:1,b=http://h:2,c=http://h:3,a=http://h:0",
+            ],
+            &[],
+        )
+        .expect("flags");
+        let m = c.initial_members().expect("three");
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0], ("a".to_string(), vec!["http://h:0".to_string(), "http://h:1".to_string()]));
+        let c = run(&["--name", "x", "--initial-cluster", "a=http://h:1"], &[]).expect("flags");
+        assert!(c.initial_members().unwrap_err().0.contains("couldn't find local name"));
+        let c = run(&["--name", "a", "--initial-cluster", "a=http://h:1"], &[]).expect("flags");
+        assert!(c.initial_members().unwrap_err().0.contains("missing from --initial-advertise-peer-urls"));
     }
 
     #[test]

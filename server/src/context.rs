@@ -45,9 +45,39 @@ pub struct Context {
     pub maintenance: crate::maintenance::MaintenanceState,
     /// Tokens, the auth view and the permission checks (see `authz`).
     pub authz: Arc<crate::authz::Authz>,
+    /// Calls to the other members (member attributes, forwarded lease calls).
+    pub peers: Arc<crate::peer::GrpcTransport>,
+    /// Tells streams that require a leader (`hasleader`) when to give up.
+    pub leader_monitor: crate::leader::LeaderMonitor,
+    /// Names and client URLs of the other members, as they last told (MemberList).
+    pub member_attrs: std::sync::Mutex<std::collections::HashMap<u64, (String, Vec<String>)>>,
 }
 
 impl Context {
+    /// Calls a server-level peer method on the leader (lease calls a follower forwards).
+    /// Errors: "no leader" when none is known, "request timed out" when the call fails.
+    pub async fn call_leader(&self, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let Some((_, addr)) = self.node.leader_peer() else {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(EtcdError::NoLeader.status());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            use cairn_raft::PeerTransport;
+            return match self.peers.call(&addr, method, body.clone(), left).await {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, method, "call to the leader failed");
+                    Err(EtcdError::Timeout.status())
+                }
+            };
+        }
+    }
+
     /// The response header etcd sends: ids, the given store revision, the raft term.
     pub fn header(&self, revision: Revision) -> ResponseHeader {
         ResponseHeader { cluster_id: self.cluster_id, member_id: self.member_id, revision, raft_term: self.node.term() }

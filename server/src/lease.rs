@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::Context;
 use crate::lessor::{Lessor, LessorError};
+use crate::peer;
 use crate::status;
 
 /// Keep-alive responses buffered per stream before the stream stops reading requests.
@@ -105,7 +106,7 @@ async fn revoke(
 ) -> Result<pb::LeaseRevokeResponse, Status> {
     let applied = ctx.propose(cmd, encoded_len).await?;
     match applied.result {
-        Ok(CommandResponse::LeaseRevoke) => {
+        Ok(CommandResponse::LeaseRevoke { .. }) => {
             lessor.revoked(id);
             Ok(pb::LeaseRevokeResponse { header: Some(ctx.header(applied.revision)) })
         }
@@ -120,14 +121,42 @@ async fn revoke(
 }
 
 /// Answers the keep-alives of one stream in order, until the client closes its side.
+/// Renews a lease: here on the leader, else on the leader through the peer port (etcd's
+/// followers forward keep-alives to the leader).
+async fn renew(ctx: &Context, lessor: &Lessor, id: i64) -> Result<Option<i64>, Status> {
+    if ctx.node.is_leader() || ctx.node.members().len() == 1 {
+        return lessor.renew(id).await.map_err(|e| lessor_error(e, ctx));
+    }
+    let body = ctx.call_leader(peer::method::LEASE_RENEW, id.to_le_bytes().to_vec()).await?;
+    peer::decode_lease_answer(&body).map_err(|e| lessor_error(e, ctx))
+}
+
+/// The remaining TTL of a lease as the leader's lessor tracks it (`None`: not tracked).
+async fn remaining(ctx: &Context, lessor: &Lessor, id: i64) -> Result<Option<i64>, Status> {
+    if ctx.node.is_leader() || ctx.node.members().len() == 1 {
+        lessor.wait_primary().await.map_err(|e| lessor_error(e, ctx))?;
+        return Ok(lessor.remaining_secs(id));
+    }
+    let body = ctx.call_leader(peer::method::LEASE_REMAINING, id.to_le_bytes().to_vec()).await?;
+    peer::decode_lease_answer(&body).map_err(|e| lessor_error(e, ctx))
+}
+
 async fn keep_alive(
     ctx: Arc<Context>,
     lessor: Arc<Lessor>,
     mut inbound: Streaming<pb::LeaseKeepAliveRequest>,
     tx: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
+    mut loss: Option<crate::leader::LeaderLoss>,
 ) {
     loop {
-        let req = match inbound.message().await {
+        let next = tokio::select! {
+            m = inbound.message() => m,
+            _ = async { loss.as_mut().expect("guarded").lost().await }, if loss.is_some() => {
+                let _ = tx.send(Err(EtcdError::NoLeader.status())).await;
+                return;
+            }
+        };
+        let req = match next {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
@@ -138,12 +167,12 @@ async fn keep_alive(
         // The header is taken before the renewal, as etcd does: a lease revoked at revision
         // R is never reported kept alive at a revision after R.
         let header = ctx.header(ctx.node.store().current_revision());
-        let ttl = match lessor.renew(req.id).await {
+        let ttl = match renew(&ctx, &lessor, req.id).await {
             Ok(Some(ttl)) => ttl,
             // etcd answers a missing or expired lease with TTL 0, not an error.
             Ok(None) => 0,
             Err(e) => {
-                let _ = tx.send(Err(lessor_error(e, &ctx))).await;
+                let _ = tx.send(Err(e)).await;
                 return;
             }
         };
@@ -197,7 +226,9 @@ impl Lease for LeaseService {
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let (tx, rx) = mpsc::channel(KEEPALIVE_RESPONSE_BUFFER);
-        tokio::spawn(keep_alive(self.ctx.clone(), self.lessor.clone(), request.into_inner(), tx));
+        let loss =
+            crate::leader::requires_leader(request.metadata().as_ref()).then(|| self.ctx.leader_monitor.subscribe());
+        tokio::spawn(keep_alive(self.ctx.clone(), self.lessor.clone(), request.into_inner(), tx, loss));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -208,8 +239,12 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let (md, _, r) = request.into_parts();
         self.ctx.check_grpc_size(r.encoded_len())?;
-        // Only the leader knows the deadlines (etcd forwards to it).
-        self.lessor.wait_primary().await.map_err(|e| lessor_error(e, &self.ctx))?;
+        // Only the leader knows the deadlines (etcd forwards the call to it). The lease
+        // itself is read here after a read index, so that a grant seen by the leader is seen.
+        let left = remaining(&self.ctx, &self.lessor, r.id).await?;
+        if !self.ctx.node.is_leader() {
+            self.ctx.linearizable_barrier().await?;
+        }
         let store = self.ctx.node.store().clone();
         let info = tokio::task::block_in_place(|| store.lease(r.id, r.keys)).map_err(|e| status::store_error(&e))?;
         if let (true, Some(info)) = (r.keys, &info) {
@@ -223,7 +258,7 @@ impl Lease for LeaseService {
                 header,
                 id: r.id,
                 // A lease granted a moment ago may not be registered yet: it has its full TTL.
-                ttl: self.lessor.remaining_secs(r.id).unwrap_or(info.record.ttl_secs),
+                ttl: left.unwrap_or(info.record.ttl_secs),
                 granted_ttl: info.record.ttl_secs,
                 keys: info.keys.into_iter().map(Bytes::from).collect(),
             },

@@ -423,6 +423,11 @@ impl Lessor {
         }
     }
 
+    /// Whether this member's lessor is the primary (the leader's, promoted).
+    pub fn is_primary(&self) -> bool {
+        self.deadlines().is_primary()
+    }
+
     /// etcd's TimeToLive TTL of a tracked lease ([`Deadlines::remaining_secs`]).
     pub fn remaining_secs(&self, id: LeaseId) -> Option<i64> {
         self.deadlines().remaining_secs(id, Instant::now())
@@ -536,7 +541,7 @@ impl LeaseHost for Context {
     async fn revoke(&self, id: LeaseId) -> Result<(), RevokeFailed> {
         match self.propose(Command::LeaseRevoke { id }, REVOKE_REQUEST_BYTES).await {
             Ok(a) => match a.result {
-                Ok(CommandResponse::LeaseRevoke) | Err(RequestError::LeaseNotFound { .. }) => Ok(()),
+                Ok(CommandResponse::LeaseRevoke { .. }) | Err(RequestError::LeaseNotFound { .. }) => Ok(()),
                 Ok(other) => Err(RevokeFailed(format!("unexpected response {other:?}"))),
                 Err(e) => Err(RevokeFailed(e.to_string())),
             },

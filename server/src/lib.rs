@@ -28,10 +28,12 @@ pub mod election;
 pub mod gateway;
 pub mod http;
 pub mod kv;
+pub mod leader;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
 pub mod metrics;
+pub mod peer;
 pub mod snapshot_tool;
 pub mod status;
 pub mod v3lock;
@@ -43,6 +45,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_proto::cairnpeerpb::peer_server::PeerServer;
 use cairn_proto::etcdserverpb::auth_server::AuthServer;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
@@ -82,9 +85,25 @@ fn fnv64(parts: &[&str]) -> u64 {
     h
 }
 
+/// A member's ID: derived from its peer URLs and the cluster token, so that every member of
+/// a new cluster computes the same IDs for all from `--initial-cluster`.
+fn member_id_of(peer_urls: &[String], token: &str) -> u64 {
+    let mut peers = peer_urls.to_vec();
+    peers.sort();
+    fnv64(&[&peers.join(","), token]).max(1)
+}
+
+/// The cluster ID: derived from every member ID and the token.
+fn cluster_id_of(member_ids: &[u64], token: &str) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let joined: Vec<String> = ids.iter().map(|m| format!("{m:x}")).collect();
+    fnv64(&[&joined.join(","), token]).max(1)
+}
+
 /// The member and cluster IDs: computed at bootstrap, then read from the data dir so that
 /// they never change for a member.
-pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
+pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config, initial: &[(u64, String)]) -> Result<(u64, u64), String> {
     let path = dir.join("ids");
     match std::fs::read_to_string(&path) {
         Ok(s) => {
@@ -95,11 +114,9 @@ pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), S
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut peers = cfg.initial_advertise_peer_urls.clone();
-            peers.sort();
-            let joined = peers.join(",");
-            let member = fnv64(&[&joined, &cfg.initial_cluster_token]).max(1);
-            let cluster = fnv64(&[&format!("{member:x}"), &cfg.initial_cluster_token]).max(1);
+            let member = member_id_of(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
+            let ids: Vec<u64> = initial.iter().map(|(id, _)| *id).collect();
+            let cluster = cluster_id_of(&ids, &cfg.initial_cluster_token);
             let tmp = dir.join("ids.tmp");
             std::fs::write(&tmp, format!("{member:x} {cluster:x}\n")).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
@@ -107,6 +124,20 @@ pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), S
         }
         Err(e) => Err(format!("read {}: {e}", path.display())),
     }
+}
+
+/// `--initial-cluster` as (member ID, first peer URL) per member.
+pub(crate) fn initial_member_ids(cfg: &Config) -> Result<Vec<(u64, String)>, String> {
+    let members = cfg.initial_members().map_err(|e| e.0)?;
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for (name, urls) in members {
+        let id = member_id_of(&urls, &cfg.initial_cluster_token);
+        if out.iter().any(|(o, _)| *o == id) {
+            return Err(format!("--initial-cluster: member {name:?} has the same peer URLs as another member"));
+        }
+        out.push((id, urls.first().cloned().unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 /// The number of live keys, once at start (the metrics keep it up to date from then on).
@@ -124,7 +155,11 @@ fn count_keys(node: &RaftNode) -> Result<i64, String> {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir).map_err(|e| format!("create {}: {e}", member_dir.display()))?;
-    let (member_id, cluster_id) = load_or_make_ids(&member_dir, &cfg)?;
+    let initial = initial_member_ids(&cfg)?;
+    if cfg.initial_cluster_state == "existing" {
+        return Err("--initial-cluster-state=existing (joining a running cluster) is not supported yet".into());
+    }
+    let (member_id, cluster_id) = load_or_make_ids(&member_dir, &cfg, &initial)?;
     let mut addrs = Vec::new();
     for u in &cfg.listen_client_urls {
         addrs.push(config::socket_addr(u).map_err(|e| e.to_string())?);
@@ -140,18 +175,73 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let l = tokio::net::TcpListener::bind(&a).await.map_err(|e| format!("listen on {a}: {e}"))?;
         metrics_listeners.push(l);
     }
+    // The peer port serves before raft starts: the other members of a new cluster must be
+    // able to reach this one to elect a leader.
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let node_cell = Arc::new(std::sync::OnceLock::new());
+    let lessor_cell = Arc::new(std::sync::OnceLock::new());
+    let mut servers = Vec::new();
+    for u in &cfg.listen_peer_urls {
+        let a = config::socket_addr(u).map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::bind(&a).await.map_err(|e| format!("listen on {a}: {e}"))?;
+        let service = peer::PeerService {
+            cluster_id,
+            node: node_cell.clone(),
+            lessor: lessor_cell.clone(),
+            name: cfg.name.clone(),
+            client_urls: cfg.advertise_client_urls.clone(),
+        };
+        let router = tonic::transport::Server::builder().add_service(
+            PeerServer::new(service)
+                .max_decoding_message_size(peer::MAX_PEER_MESSAGE)
+                .max_encoding_message_size(peer::MAX_PEER_MESSAGE),
+        );
+        let mut stop = stop_tx.subscribe();
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
+            s.and_then(|s| {
+                s.set_nodelay(true)?;
+                Ok(s)
+            })
+        });
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        }));
+        tracing::info!(address = %a, "serving peer traffic");
+    }
+    let transport = Arc::new(peer::GrpcTransport::new(cluster_id));
+    let mut initial_members: std::collections::BTreeMap<u64, String> = initial.iter().cloned().collect();
+    // A restarted member reads its ID from its data dir; the initial members matter only
+    // while its log is empty, but it must be among them.
+    initial_members
+        .entry(member_id)
+        .or_insert_with(|| cfg.initial_advertise_peer_urls.first().cloned().unwrap_or_default());
     let node = Arc::new(
         RaftNode::start(NodeConfig {
             member_id,
-            peer_url: cfg.initial_advertise_peer_urls.first().cloned().unwrap_or_default(),
+            initial_members,
             dir: member_dir,
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_count: cfg.snapshot_count,
+            transport: transport.clone(),
         })
         .await?,
     );
-    node.wait_for_leader(Duration::from_secs(30)).await.map_err(|e| format!("no leader elected: {e:?}"))?;
+    let _ = node_cell.set(node.clone());
+    // A member of a new cluster waits for the others as long as it takes (as etcd does).
+    loop {
+        match node.wait_for_leader(Duration::from_secs(10)).await {
+            Ok(_) => break,
+            Err(cairn_raft::WriteError::NoLeader) => {
+                tracing::info!("no leader yet: waiting for a quorum of the members to start");
+            }
+            Err(e) => return Err(format!("raft stopped before a leader was elected: {e:?}")),
+        }
+    }
     let compactor = Arc::new(Notify::new());
     let hub = Arc::new(WatchHub::new(node.store().current_revision(), WATCH_MAX_PENDING_EVENTS));
     let metrics = Arc::new(metrics::Metrics::new(cfg.quota_backend_bytes, count_keys(&node)?));
@@ -160,6 +250,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Duration::from_secs(cfg.auth_token_ttl_secs),
         cfg.bcrypt_cost,
     ));
+    // Lease expiry: the lessor promotes (every lease gets its full TTL) as soon as this member
+    // leads, then proposes the revocation of expired leases. It learns every applied grant
+    // and revocation, whichever member proposed it.
+    let lessor = Arc::new(lessor::Lessor::new(lessor::LessorConfig::from_raft_timing(
+        cfg.heartbeat_interval_ms,
+        cfg.election_timeout_ms,
+    )));
     {
         // After every applied batch: publish its events to the watchers, and wake the
         // compactor if the compacted revision moved.
@@ -168,8 +265,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let hub = hub.clone();
         let metrics = metrics.clone();
         let authz = authz.clone();
+        let lessor = lessor.clone();
         let seen = AtomicI64::new(store.compact_revision());
         node.set_apply_listener(Arc::new(move |outcome| {
+            for a in outcome.applied.iter().flatten() {
+                match &a.result {
+                    Ok(cairn_storage::CommandResponse::LeaseGrant { id, ttl_secs }) => lessor.granted(*id, *ttl_secs),
+                    Ok(cairn_storage::CommandResponse::LeaseRevoke { id }) => lessor.revoked(*id),
+                    _ => {}
+                }
+            }
             // Before the proposers hear back: the next request sees the new permissions.
             authz.on_applied(outcome, &store);
             metrics.on_apply(outcome);
@@ -182,6 +287,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             }
         }));
     }
+    {
+        // A snapshot from the leader replaced the store: watchers replay what they missed
+        // from it, permissions are reloaded, a pending compaction resumes.
+        let store = node.store().clone();
+        let hub = hub.clone();
+        let authz = authz.clone();
+        let wake = compactor.clone();
+        node.set_install_listener(Arc::new(move || {
+            hub.jump_to(store.current_revision());
+            authz.reload(&store);
+            wake.notify_one();
+        }));
+    }
     // Revisions applied before the listener was attached were not published, but are in
     // storage: watchers that start at or below them catch up from there.
     hub.mark_published(node.store().current_revision());
@@ -190,6 +308,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // A compaction interrupted by a crash resumes now.
     compactor.notify_one();
     tokio::spawn(context::compactor_loop(node.clone(), compactor.clone()));
+    let (leader_monitor, leader_monitor_task) =
+        leader::LeaderMonitor::spawn(node.clone(), Duration::from_millis(cfg.election_timeout_ms));
     let ctx = Arc::new(Context {
         node: node.clone(),
         cluster_id,
@@ -206,13 +326,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         quota_backend_bytes: cfg.quota_backend_bytes,
         maintenance: maintenance::MaintenanceState::default(),
         authz,
+        peers: transport,
+        leader_monitor,
+        member_attrs: Default::default(),
     });
-    // Lease expiry: the lessor promotes (every lease gets its full TTL) as soon as this member
-    // leads, then proposes the revocation of expired leases.
-    let lessor = Arc::new(lessor::Lessor::new(lessor::LessorConfig::from_raft_timing(
-        cfg.heartbeat_interval_ms,
-        cfg.election_timeout_ms,
-    )));
+    let _ = lessor_cell.set(lessor.clone());
     let lessor_task = tokio::spawn(lessor::run(lessor.clone(), ctx.clone()));
     let autocompact_task = tokio::spawn(autocompact::run(ctx.clone(), cfg.auto_compaction_retention));
     let leader_watch = metrics::spawn_leader_watch(
@@ -239,8 +357,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // tonic refuses only far larger messages (with its own error); up to that, handlers
     // refuse what exceeds etcd's limit with grpc-go's message (`Context::check_grpc_size`).
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES + TONIC_SLACK_BYTES;
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut servers = Vec::new();
     for l in listeners {
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         let grpc = tonic::service::Routes::new(
@@ -274,6 +390,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(metrics::GrpcMetricsLayer { metrics: metrics.clone() })
+            .layer(leader::RequireLeaderLayer { node: node.clone() })
             .add_routes(tonic::service::Routes::from(all));
         let mut stop = stop_tx.subscribe();
         // Small requests and responses must not wait for Nagle's algorithm (a 40 ms stall
@@ -317,6 +434,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     lessor_task.abort();
     autocompact_task.abort();
     leader_watch.abort();
+    leader_monitor_task.abort();
     let _ = stop_tx.send(());
     for s in servers {
         match tokio::time::timeout(Duration::from_secs(5), s).await {

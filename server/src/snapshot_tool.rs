@@ -125,7 +125,8 @@ pub fn restore(file: &Path, cfg: &config::Config) -> Result<(), String> {
         .map_err(|e| fail(format!("{}: not a valid snapshot: {e}", file.display())))?;
     store.reset_for_new_member().map_err(|e| fail(e.to_string()))?;
     drop(store);
-    crate::load_or_make_ids(&member, cfg).map_err(fail)?;
+    let initial = crate::initial_member_ids(cfg).map_err(fail)?;
+    crate::load_or_make_ids(&member, cfg, &initial).map_err(fail)?;
     Ok(())
 }
 

@@ -5,9 +5,6 @@ use cairn_raft::WriteError;
 use cairn_storage::{RequestError, StoreError};
 use tonic::Status;
 
-/// etcd's "no leader" message, also a watch cancel reason.
-pub const NO_LEADER_MESSAGE: &str = "etcdserver: no leader";
-
 /// A request's own failure, as etcd reports it.
 pub fn request_error(e: &RequestError) -> Status {
     let k = match e {
@@ -50,8 +47,10 @@ pub fn request_error(e: &RequestError) -> Status {
 pub fn write_error(e: &WriteError) -> Status {
     match e {
         WriteError::NoLeader => EtcdError::NoLeader.status(),
-        WriteError::NotLeader { .. } => EtcdError::NotLeader.status(),
+        // openraft refused the proposal: leadership moved between the check and the append.
+        WriteError::NotLeader { .. } => EtcdError::LeaderChanged.status(),
         WriteError::Stopped => EtcdError::Stopped.status(),
+        WriteError::LeaderLost => EtcdError::TimeoutDueToLeaderFail.status(),
         WriteError::Other(msg) => {
             tracing::warn!(error = %msg, "raft write failed");
             EtcdError::Stopped.status()
@@ -64,6 +63,10 @@ pub fn write_error(e: &WriteError) -> Status {
 pub fn store_error(e: &StoreError) -> Status {
     tracing::error!(error = %e, "storage failure");
     Status::unknown(e.to_string())
+}
+
+pub fn no_leader() -> Status {
+    EtcdError::NoLeader.status()
 }
 
 pub fn timeout() -> Status {

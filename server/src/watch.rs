@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Wake, Waker};
-use std::time::Duration;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::etcdserverpb::watch_server::Watch;
@@ -69,7 +68,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let require_leader = request.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
+        let require_leader = crate::leader::requires_leader(request.metadata().as_ref());
         let (metadata, _, inbound) = request.into_parts();
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let ctx = self.ctx.clone();
@@ -138,7 +137,7 @@ impl StreamTask {
     async fn run(&mut self, mut inbound: Streaming<pb::WatchRequest>) {
         let interval = self.ctx.watch_progress_notify_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        let mut leader_check = tokio::time::interval(Duration::from_millis(500));
+        let mut loss = self.ctx.leader_monitor.subscribe();
         // A client may close its sending side and keep receiving (etcd keeps the watchers).
         let mut inbound_open = true;
         loop {
@@ -154,7 +153,11 @@ impl StreamTask {
                 _ = self.tx.closed() => return,
                 _ = self.notify.notified() => Ok(()),
                 _ = progress.tick() => self.progress_notify().await,
-                _ = leader_check.tick(), if self.require_leader => self.check_leader().await,
+                // etcd cancels the stream (not its watchers) with "no leader".
+                _ = loss.lost(), if self.require_leader => {
+                    let _ = self.tx.send(Err(crate::status::no_leader())).await;
+                    return;
+                }
             };
             if step.is_err() {
                 return;
@@ -242,10 +245,6 @@ impl StreamTask {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
-        if self.require_leader && !self.ctx.node.has_leader() {
-            let r = fail(status::NO_LEADER_MESSAGE);
-            return self.send(r).await;
-        }
         if !self.ctx.authz.watch_permitted(&self.metadata, &c.key, &c.range_end) {
             let r = pb::WatchResponse { watch_id: c.watch_id, ..fail(ERR_PERMISSION_DENIED) };
             return self.send(r).await;
@@ -291,28 +290,6 @@ impl StreamTask {
                 fragment: c.fragment,
             },
         );
-        Ok(())
-    }
-
-    async fn check_leader(&mut self) -> Result<(), Closed> {
-        if self.ctx.node.has_leader() {
-            return Ok(());
-        }
-        let ids: Vec<WatcherId> = self.by_hub.keys().copied().collect();
-        for hid in ids {
-            if let Some(info) = self.by_hub.remove(&hid) {
-                self.by_watch_id.remove(&info.watch_id);
-                self.ctx.hub.remove(hid);
-                let r = pb::WatchResponse {
-                    header: Some(self.header(self.ctx.node.store().current_revision())),
-                    watch_id: info.watch_id,
-                    canceled: true,
-                    cancel_reason: status::NO_LEADER_MESSAGE.to_string(),
-                    ..Default::default()
-                };
-                self.send(r).await?;
-            }
-        }
         Ok(())
     }
 

@@ -153,7 +153,7 @@ pub(crate) fn revoke(
         }
     }
     t.leases.remove(id)?;
-    Ok(Ok(CommandResponse::LeaseRevoke))
+    Ok(Ok(CommandResponse::LeaseRevoke { id }))
 }
 
 /// The keys attached to lease `id`, in key order.

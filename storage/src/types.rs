@@ -379,7 +379,10 @@ pub enum CommandResponse {
         id: LeaseId,
         ttl_secs: i64,
     },
-    LeaseRevoke,
+    /// The revoked lease.
+    LeaseRevoke {
+        id: LeaseId,
+    },
     /// The alarms the command changed: the raised one (also when it was already raised), or
     /// the cleared one (none if it was not raised).
     Alarm(Vec<AlarmMember>),

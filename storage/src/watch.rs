@@ -258,6 +258,39 @@ impl WatchHub {
         }
     }
 
+    /// The store jumped to `revision` without publishing the revisions in between (a raft
+    /// snapshot was installed): every caught-up watcher drops its queue and replays from
+    /// storage, where those revisions are (or were compacted: then it gets the compacted
+    /// response).
+    pub fn jump_to(&self, revision: Revision) {
+        let mut wake: Vec<Waker> = Vec::new();
+        {
+            let mut g = self.lock();
+            if revision <= g.published {
+                return;
+            }
+            g.published = revision;
+            let Inner { watchers, streams, .. } = &mut *g;
+            for (id, w) in watchers.iter_mut() {
+                if !w.synced {
+                    continue;
+                }
+                w.synced = false;
+                w.pending.clear();
+                w.pending_events = 0;
+                w.pending_bytes = 0;
+                if let Some(s) = streams.get_mut(&w.stream) {
+                    if s.dirty.insert(*id) {
+                        wake.push(s.waker.clone());
+                    }
+                }
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+    }
+
     /// The watchers of `stream` with work, clearing the set.
     pub fn take_dirty(&self, stream: StreamId) -> Vec<WatcherId> {
         let mut g = self.lock();

@@ -10,11 +10,12 @@ use cairn_storage::{Command, CommandResponse, PutRequest};
 fn config(dir: &std::path::Path) -> NodeConfig {
     NodeConfig {
         member_id: 7,
-        peer_url: "http://127.0.0.1:2380".into(),
+        initial_members: [(7, "http://127.0.0.1:2380".to_string())].into(),
         dir: dir.to_path_buf(),
         heartbeat_interval_ms: 100,
         election_timeout_ms: 1000,
         snapshot_count: 100_000,
+        transport: Arc::new(cairn_raft::NoPeers),
     }
 }
 

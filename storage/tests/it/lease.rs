@@ -72,7 +72,7 @@ fn revoke_deletes_every_key_in_one_revision_in_key_order() {
     assert_eq!(t.s().current_revision(), 5);
 
     let (a, ev) = t.apply(revoke(5));
-    assert_eq!(a, Applied { revision: 6, result: Ok(CommandResponse::LeaseRevoke) });
+    assert_eq!(a, Applied { revision: 6, result: Ok(CommandResponse::LeaseRevoke { id: 5 }) });
     assert_eq!(ev, Some((6, vec![deleted("a", 6), deleted("b", 6), deleted("c", 6)])));
     let tombstones: Vec<_> = t.s().debug_index_rows().expect("rows").into_iter().filter(|r| r.1 == 6).collect();
     assert_eq!(
@@ -94,7 +94,7 @@ fn revoke_without_keys_makes_no_revision() {
     t.put("k", 0);
     t.apply(grant(-8, 3));
     let (a, ev) = t.apply(revoke(-8));
-    assert_eq!((a, ev), (Applied { revision: 2, result: Ok(CommandResponse::LeaseRevoke) }, None));
+    assert_eq!((a, ev), (Applied { revision: 2, result: Ok(CommandResponse::LeaseRevoke { id: -8 }) }, None));
     assert_eq!(t.s().leases().expect("leases"), vec![]);
 }
 

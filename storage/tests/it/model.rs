@@ -307,7 +307,7 @@ impl Model {
                     for key in self.lease_keys(id) {
                         pending.delete(&DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false });
                     }
-                    Ok(CommandResponse::LeaseRevoke)
+                    Ok(CommandResponse::LeaseRevoke { id })
                 }
             }
             Command::Auth(_) | Command::AuthChecked { .. } => unreachable!("the model covers no auth commands"),
