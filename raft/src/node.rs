@@ -439,10 +439,26 @@ impl RaftNode {
             self.proposals.send(Proposal { cmd, origin, done }).await.map_err(|_| WriteError::Stopped)?;
             pending.push(rx);
         }
+        // The commands may have gone into several entries: if some were appended, the
+        // sender must not send them again (it would apply them twice), so a refusal of the
+        // rest is reported as an unknown outcome rather than "not leader".
+        let (mut applied, mut first_error) = (0usize, None);
         for rx in pending {
-            rx.await.map_err(|_| WriteError::Stopped)??;
+            match rx.await {
+                Ok(Ok(_)) => applied += 1,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(WriteError::Stopped);
+                }
+            }
         }
-        Ok(())
+        match first_error {
+            None => Ok(()),
+            Some(WriteError::NotLeader { .. } | WriteError::NoLeader) if applied > 0 => Err(WriteError::LeaderLost),
+            Some(e) => Err(e),
+        }
     }
 
     /// The current raft term, without copying the whole metrics (response headers).

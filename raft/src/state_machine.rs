@@ -229,7 +229,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let _guard = self.inner.lock.lock().await;
         let path = self.inner.snapshot_dir.join("receiving.snap");
-        let f = tokio::fs::File::create(&path).await.map_err(sm_err)?;
+        // Read and write: install_snapshot reads back what openraft wrote into it.
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(sm_err)?;
         Ok(Box::new(f))
     }
 
