@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -32,7 +31,7 @@ use cairn_proto::etcdserverpb::watch_client::WatchClient;
 use cairn_proto::etcdserverpb::{
     self as pb, compare, request_op, response_op, watch_request, Compare, DeleteRangeRequest, HashKvRequest,
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    MemberListRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
     WatchResponse,
 };
 use cairn_proto::mvccpb;
@@ -40,7 +39,7 @@ use cairn_tests::harness::{etcdctl, subject_kind, Cluster, ClusterOptions, Serve
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
 /// Clusters of this module run one at a time (see the module doc).
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -179,10 +178,9 @@ fn bucket(elapsed: Duration) -> &'static str {
 }
 
 /// Polls `f` until it returns `Some`, for at most `limit`; panics with `what` otherwise.
-async fn until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+async fn until<T, F>(what: &str, limit: Duration, mut f: F) -> T
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    F: AsyncFnMut() -> Option<T>,
 {
     let deadline = Instant::now() + limit;
     loop {
@@ -480,4 +478,477 @@ async fn require_leader_watch_is_canceled_without_leader() {
     })
     .await;
     assert_etcd_has_leader_facts(&t);
+}
+
+// ================================================================ b. writes on any member
+
+/// Linearizable reads of `key` on every member, each asserted to be at revision `at` (no
+/// write runs concurrently, so a read after the write's ack is exactly at its revision).
+async fn read_everywhere(kvs: &mut [KvClient<Channel>], key: &str, at: i64) -> String {
+    let mut seen = Vec::new();
+    for (j, kv) in kvs.iter_mut().enumerate() {
+        let r = kv.range(range(key, false)).await.unwrap_or_else(|e| panic!("member {}: get {key}: {e}", j + 1)).into_inner();
+        assert_eq!(rev(&r.header), at, "member {}: a linearizable get of {key} after the write at {at}", j + 1);
+        seen.push(match r.kvs.first() {
+            Some(kv) => format!("{}={}", text(&kv.key), text(&kv.value)),
+            None => format!("{key} absent"),
+        });
+    }
+    format!("read everywhere at {at}: [{}]", seen.join(" | "))
+}
+
+/// The events of `w` (created and progress responses skipped) until there are `n`, then half
+/// a second of quiet that must bring nothing more.
+async fn collect_events(w: &mut RawWatch, n: usize, what: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        match w.next_within(WAIT).await {
+            Some((_, Item::Message(r))) => events.extend(r.events.iter().map(show_event)),
+            Some((_, Item::Failed(s))) => panic!("{what}: stream failed: {}", status_text(&s)),
+            Some((_, Item::Ended)) => panic!("{what}: stream ended"),
+            None => panic!("{what}: {} of {n} events within {WAIT:?}: {events:?}", events.len()),
+        }
+    }
+    if let Some((_, item)) = w.next_within(Duration::from_millis(500)).await {
+        let extra = describe(&[(Instant::now(), item)], Instant::now(), show_watch_response);
+        panic!("{what}: more than the {n} expected events: {events:?} then {extra:?}");
+    }
+    events
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp { request: Some(request_op::Request::RequestPut(put_req(key, value, 0))) }
+}
+
+fn delete_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: Bytes::from(key.to_string()),
+            ..Default::default()
+        })),
+    }
+}
+
+fn value_equals(key: &str, value: &str) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: Bytes::from(key.to_string()),
+        target_union: Some(compare::TargetUnion::Value(Bytes::from(value.to_string()))),
+        ..Default::default()
+    }
+}
+
+/// Puts, txns and deletes through each member in turn; after each ack a linearizable get on
+/// every member sees it at the write's revision; a watch on member 2 opened before the writes
+/// and one opened afterwards from revision 1 see every event, in order, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_any_member_are_read_everywhere() {
+    differential("writes_on_any_member", ClusterOptions::default(), async |c: &mut Cluster| {
+        let mut t = Vec::new();
+        let mut kvs = Vec::new();
+        for i in 0..c.size() {
+            kvs.push(KvClient::new(c.channel(i).await));
+        }
+        let ch2 = c.channel(1).await;
+        let mut live = open_watch(&ch2, false, create_watch("", 0, true)).await.expect("a watch on member 2");
+        t.push(format!("live watch on member 2: {}", next_message(&mut live, "live watch", show_watch_response).await));
+        let mut expected = Vec::new();
+        for round in 0..2 {
+            for m in 0..c.size() {
+                let (key, value) = (format!("m{}/r{round}", m + 1), format!("v{round}"));
+                let r = kvs[m].put(put_req(&key, &value, 0)).await.expect("put").into_inner();
+                let at = rev(&r.header);
+                expected.push(format!("PUT {key}={value} @{at}"));
+                t.push(format!("member {} put {key}={value}: {}", m + 1, read_everywhere(&mut kvs, &key, at).await));
+
+                let tkey = format!("t{}/r{round}", m + 1);
+                let txn = TxnRequest {
+                    compare: vec![value_equals(&key, &value)],
+                    success: vec![put_op(&tkey, "txn"), delete_op(&key)],
+                    failure: vec![put_op(&tkey, "failed")],
+                };
+                let r = kvs[m].txn(txn).await.expect("txn").into_inner();
+                let at = rev(&r.header);
+                let kinds: Vec<&str> = r
+                    .responses
+                    .iter()
+                    .map(|op| match op.response {
+                        Some(response_op::Response::ResponsePut(_)) => "put",
+                        Some(response_op::Response::ResponseDeleteRange(_)) => "delete",
+                        _ => "other",
+                    })
+                    .collect();
+                expected.push(format!("PUT {tkey}=txn @{at}"));
+                expected.push(format!("DELETE {key}= @{at}"));
+                t.push(format!(
+                    "member {} txn (value of {key} = {value}) -> succeeded={} {kinds:?}: {}; {}",
+                    m + 1,
+                    r.succeeded,
+                    read_everywhere(&mut kvs, &tkey, at).await,
+                    read_everywhere(&mut kvs, &key, at).await
+                ));
+            }
+        }
+        for m in 0..c.size() {
+            let prefix = format!("t{}/", m + 1);
+            let mut req = prefix_range(&prefix, false, false);
+            let del = DeleteRangeRequest { key: req.key.clone(), range_end: std::mem::take(&mut req.range_end), ..Default::default() };
+            let r = kvs[m].delete_range(del).await.expect("delete range").into_inner();
+            let at = rev(&r.header);
+            for round in 0..2 {
+                expected.push(format!("DELETE {prefix}r{round}= @{at}"));
+            }
+            let mut counts = Vec::new();
+            for (j, kv) in kvs.iter_mut().enumerate() {
+                let r = kv.range(prefix_range(&prefix, false, true)).await.expect("count").into_inner();
+                assert_eq!(rev(&r.header), at, "member {}: a linearizable count after the delete at {at}", j + 1);
+                counts.push(r.count);
+            }
+            t.push(format!("member {} delete {prefix}*: deleted={} at {at}; counts everywhere {counts:?}", m + 1, r.deleted));
+        }
+        let got = collect_events(&mut live, expected.len(), "live watch on member 2").await;
+        assert_eq!(got, expected, "the live watch on member 2");
+        t.push(format!("live watch on member 2: {}", got.join(", ")));
+        let mut replay = open_watch(&ch2, false, create_watch("", 1, true)).await.expect("a watch on member 2");
+        t.push(format!("replay watch on member 2: {}", next_message(&mut replay, "replay watch", show_watch_response).await));
+        let got = collect_events(&mut replay, expected.len(), "replay watch on member 2").await;
+        assert_eq!(got, expected, "the watch on member 2 from revision 1");
+        t.push(format!("replay watch on member 2 from revision 1: {}", got.join(", ")));
+        t
+    })
+    .await;
+}
+
+// ================================================================ c. leader kill -9
+
+/// Puts `key` through `kv` until it succeeds, each try bounded to 2 s, for at most
+/// [`FAILOVER`]. Returns the errors seen before the success.
+async fn put_retrying(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Vec<String> {
+    let deadline = Instant::now() + FAILOVER;
+    let mut errors = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), kv.put(put_req(key, value, 0))).await {
+            Ok(Ok(_)) => return errors,
+            Ok(Err(s)) => errors.push(status_text(&s)),
+            Err(_) => errors.push("no answer within 2s".to_string()),
+        }
+        assert!(Instant::now() < deadline, "put {key}: no success within {FAILOVER:?}: {errors:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every key (keys only, sorted) and the header revision, read by member `i`.
+async fn all_keys(kv: &mut KvClient<Channel>, serializable: bool) -> Option<(Vec<String>, i64)> {
+    let req = RangeRequest {
+        key: Bytes::from(vec![0u8]),
+        range_end: Bytes::from(vec![0u8]),
+        serializable,
+        keys_only: true,
+        ..Default::default()
+    };
+    let r = tokio::time::timeout(Duration::from_secs(2), kv.range(req)).await.ok()?.ok()?.into_inner();
+    Some((r.kvs.iter().map(|kv| text(&kv.key)).collect(), rev(&r.header)))
+}
+
+/// kill -9 of the leader: writes through the two others succeed once they elect a new
+/// leader; the old leader restarts, catches up (its serializable reads see every key) and
+/// HashKV at one revision is equal on all three members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_then_new_leader_and_catch_up() {
+    differential("leader_kill9", ClusterOptions::default(), async |c: &mut Cluster| {
+        let mut t = Vec::new();
+        let old = c.leader().await;
+        let others = c.others(old);
+        let mut kv_old = KvClient::new(c.channel(old).await);
+        kv_old.put(put_req("before", "1", 0)).await.expect("put through the leader");
+        t.push("put before=1 through the leader: ok".to_string());
+
+        c.kill9(old);
+        let killed_at = Instant::now();
+        let mut expected = vec!["before".to_string()];
+        for (role, &m) in ["a", "b"].iter().zip(&others) {
+            let mut kv = KvClient::new(c.channel(m).await);
+            for i in 0..5 {
+                let key = format!("after/{role}/{i}");
+                let errors = put_retrying(&mut kv, &key, "1").await;
+                if !errors.is_empty() {
+                    println!("[{}] put {key}: ok after {:?}, errors before: {errors:?}", c.kind(), killed_at.elapsed());
+                }
+                expected.push(key);
+            }
+        }
+        t.push("10 puts through the two other members after kill -9 of the leader: ok".to_string());
+        let new = c.leader().await;
+        assert_ne!(new, old, "the killed member cannot be the leader");
+        t.push("a new leader among the two others: yes".to_string());
+
+        c.restart(old).await;
+        expected.sort();
+        let mut kv_old = KvClient::new(c.channel(old).await);
+        let (keys, _) = until("the restarted member's serializable reads see every key", WAIT, async || {
+            all_keys(&mut kv_old, true).await.filter(|(keys, _)| *keys == expected)
+        })
+        .await;
+        t.push(format!("restarted old leader, serializable: {}", keys.join(" ")));
+
+        let mut kv_a = KvClient::new(c.channel(others[0]).await);
+        let (_, at) = all_keys(&mut kv_a, false).await.expect("a linearizable read");
+        let mut hashes = Vec::new();
+        for i in 0..c.size() {
+            let mut kv = KvClient::new(c.channel(i).await);
+            until("every member has applied the last revision", WAIT, async || {
+                all_keys(&mut kv, true).await.filter(|(_, r)| *r >= at)
+            })
+            .await;
+            let h = MaintenanceClient::new(c.channel(i).await)
+                .hash_kv(HashKvRequest { revision: at })
+                .await
+                .unwrap_or_else(|e| panic!("member {}: HashKV: {e}", i + 1))
+                .into_inner();
+            hashes.push((h.hash, h.compact_revision));
+        }
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "HashKV at {at} differs between members: {hashes:?}");
+        t.push(format!("HashKV at the last revision: equal on all {} members", c.size()));
+        t
+    })
+    .await;
+}
+
+// ================================================================ d. member list
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// `etcdctl member list -w json` and the simple form on each member, with member ids
+/// replaced by member names and URLs by `<nX peer>` / `<nX client>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_list_matches_etcd() {
+    differential("member_list", ClusterOptions::default(), async |c: &mut Cluster| {
+        let mut t = Vec::new();
+        let mut names = BTreeMap::new();
+        let mut urls = Vec::new();
+        for i in 0..c.size() {
+            let m = c.member(i);
+            names.insert(c.member_id(i).await, m.name().to_string());
+            urls.push((m.peer_url(), format!("<{} peer>", m.name())));
+            urls.push((m.client_url(), format!("<{} client>", m.name())));
+        }
+        let url = |u: &serde_json::Value| -> String {
+            let u = u.as_str().expect("a URL string");
+            urls.iter().find(|(real, _)| real == u).map_or_else(|| format!("unknown URL {u}"), |(_, n)| n.clone())
+        };
+        let name_of = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("unknown id {id:x}"));
+        let mut cluster_ids = Vec::new();
+        for i in 0..c.size() {
+            let out = json(etcdctl(&c.endpoint(i), &["member", "list", "-w", "json"]).ok());
+            let header = &out["header"];
+            cluster_ids.push(header["cluster_id"].as_u64().expect("cluster_id"));
+            let members = out["members"].as_array().expect("members");
+            let ids: Vec<u64> = members.iter().map(|m| m["ID"].as_u64().expect("ID")).collect();
+            let mut shown: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    let list = |field: &str| {
+                        m[field].as_array().map_or_else(|| "none".to_string(), |a| a.iter().map(url).collect::<Vec<_>>().join(","))
+                    };
+                    format!(
+                        "{} name={} peers={} clients={} learner={}",
+                        name_of(m["ID"].as_u64().expect("ID")),
+                        m["name"].as_str().unwrap_or("<none>"),
+                        list("peerURLs"),
+                        list("clientURLs"),
+                        m["isLearner"].as_bool().unwrap_or(false)
+                    )
+                })
+                .collect();
+            shown.sort();
+            t.push(format!(
+                "member list -w json on n{}: header member={} revision={}; sorted by ID: {}; {}",
+                i + 1,
+                name_of(header["member_id"].as_u64().expect("member_id")),
+                header["revision"],
+                ids.windows(2).all(|w| w[0] < w[1]),
+                shown.join("; ")
+            ));
+
+            let out = etcdctl(&c.endpoint(i), &["member", "list"]);
+            let mut lines: Vec<String> = out
+                .ok()
+                .lines()
+                .map(|line| {
+                    let mut line = line.to_string();
+                    for (id, name) in &names {
+                        line = line.replace(&format!("{id:x}"), &format!("<id {name}>"));
+                    }
+                    for (real, shown) in &urls {
+                        line = line.replace(real, shown);
+                    }
+                    line
+                })
+                .collect();
+            lines.sort();
+            t.push(format!("member list on n{}: {}", i + 1, lines.join(" / ")));
+        }
+        t.push(format!("the same cluster_id on every member: {}", cluster_ids.iter().all(|id| *id == cluster_ids[0])));
+        t
+    })
+    .await;
+}
+
+// ================================================================ e. lagging member
+
+/// Keys written while member 3 is down: more than etcd keeps in its raft log after a
+/// snapshot (5000 entries, `SnapshotCatchUpEntries`), so that etcd too must send a snapshot.
+const LAG_KEYS: usize = 6000;
+/// Concurrent writers of the lagging-member test.
+const LAG_WRITERS: usize = 16;
+
+/// With `--snapshot-count 100`, member 3 is stopped (SIGTERM) while 6000 keys are written
+/// through the others; after its restart its serializable count equals theirs, and a watch
+/// on it from the current revision sees a new write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_member_catches_up_through_snapshot() {
+    let options = ClusterOptions::with_args(["--snapshot-count", "100"]);
+    differential("lagging_member", options, async |c: &mut Cluster| {
+        let mut t = Vec::new();
+        let lagging = c.size() - 1;
+        c.stop(lagging);
+        let started = Instant::now();
+        let mut writers = Vec::new();
+        for w in 0..LAG_WRITERS {
+            let mut kv = KvClient::new(c.channel(w % 2).await);
+            writers.push(tokio::spawn(async move {
+                for i in (w..LAG_KEYS).step_by(LAG_WRITERS) {
+                    kv.put(put_req(&format!("lag/{i:05}"), "x", 0)).await.unwrap_or_else(|e| panic!("put lag/{i:05}: {e}"));
+                }
+            }));
+        }
+        for w in writers {
+            w.await.expect("a writer task");
+        }
+        println!("[{}] {LAG_KEYS} puts through 2 members in {:?}", c.kind(), started.elapsed());
+        let mut kv0 = KvClient::new(c.channel(0).await);
+        let r = kv0.range(prefix_range("lag/", false, true)).await.expect("count").into_inner();
+        let at = rev(&r.header);
+        t.push(format!("member 3 stopped; {LAG_KEYS} puts through members 1 and 2: count {} at revision {at}", r.count));
+
+        let restarted = Instant::now();
+        c.restart(lagging).await;
+        let mut kv3 = KvClient::new(c.channel(lagging).await);
+        let count3 = until("member 3's serializable count reaches the others'", Duration::from_secs(30), async || {
+            let r = kv3.range(prefix_range("lag/", true, true)).await.ok()?.into_inner();
+            (rev(&r.header) >= at).then_some(r.count)
+        })
+        .await;
+        println!("[{}] member 3 caught up {:?} after its restart began", c.kind(), restarted.elapsed());
+        let snapshot_lines: Vec<String> = c
+            .member(lagging)
+            .log_tail(400)
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("snapshot"))
+            .map(String::from)
+            .collect();
+        println!("[{}] member 3 log lines about snapshots: {}", c.kind(), snapshot_lines.len());
+        for l in snapshot_lines.iter().take(5) {
+            println!("    {l}");
+        }
+        let mut counts = Vec::new();
+        for i in 0..c.size() {
+            let r = KvClient::new(c.channel(i).await).range(prefix_range("lag/", true, true)).await.expect("count");
+            counts.push(r.into_inner().count);
+        }
+        t.push(format!("after restart: member 3 count {count3}; serializable counts {counts:?}"));
+
+        let mut w = open_watch(&c.channel(lagging).await, false, create_watch("new", at + 1, false)).await.expect("watch");
+        t.push(format!("watch on member 3 from revision {}: {}", at + 1, next_message(&mut w, "watch", show_watch_response).await));
+        let r = kv0.put(put_req("new", "1", 0)).await.expect("put").into_inner();
+        t.push(format!("put new=1 through member 1: revision {}", rev(&r.header)));
+        t.push(format!("watch on member 3: {}", next_message(&mut w, "watch", show_watch_response).await));
+        t
+    })
+    .await;
+}
+
+// ================================================================ f. leases via followers
+
+fn show_ttl(ttl: i64, granted: i64) -> String {
+    if ttl > 0 && ttl <= granted && ttl >= granted - 3 {
+        "ttl≈granted".to_string()
+    } else {
+        format!("ttl={ttl}")
+    }
+}
+
+/// A lease granted on the leader is kept alive, inspected (TimeToLive), attached to a key and
+/// revoked through the followers (etcd forwards these to the leader): afterwards the key is
+/// gone on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_lease_keepalive_and_timetolive() {
+    differential("follower_lease", ClusterOptions::default(), async |c: &mut Cluster| {
+        let mut t = Vec::new();
+        let leader = c.leader().await;
+        let others = c.others(leader);
+        let (ch_f1, ch_f2) = (c.channel(others[0]).await, c.channel(others[1]).await);
+        let granted = 30;
+        let g = LeaseClient::new(c.channel(leader).await)
+            .lease_grant(LeaseGrantRequest { ttl: granted, id: 0 })
+            .await
+            .expect("grant")
+            .into_inner();
+        let id = g.id;
+        t.push(format!("grant ttl {granted} on the leader: ttl={} error={:?}", g.ttl, g.error));
+
+        let mut ka = open_keepalive(&ch_f1, false, id).await.expect("keepalive through follower 1");
+        let r = next_message(&mut ka, "keepalive", |r| format!("id ok={} {}", r.id == id, show_ttl(r.ttl, granted))).await;
+        t.push(format!("keepalive through follower 1: {r}"));
+
+        let ttl = |ch: &Channel, keys: bool| {
+            let mut l = LeaseClient::new(ch.clone());
+            async move {
+                match l.lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        format!(
+                            "id ok={} {} granted={} keys={:?}",
+                            r.id == id,
+                            show_ttl(r.ttl, granted),
+                            r.granted_ttl,
+                            r.keys.iter().map(|k| text(k)).collect::<Vec<_>>()
+                        )
+                    }
+                    Err(s) => status_text(&s),
+                }
+            }
+        };
+        t.push(format!("timetolive through follower 2: {}", ttl(&ch_f2, true).await));
+        let r = KvClient::new(ch_f1.clone()).put(put_req("lk", "v", id)).await.expect("put with lease").into_inner();
+        let put_at = rev(&r.header);
+        t.push(format!("put lk with the lease through follower 1: revision {put_at}"));
+        t.push(format!("timetolive through follower 1: {}", ttl(&ch_f1, true).await));
+        let mut seen = Vec::new();
+        for i in 0..c.size() {
+            let r = KvClient::new(c.channel(i).await).range(range("lk", false)).await.expect("get").into_inner();
+            seen.push(r.kvs.first().map_or("absent".to_string(), |kv| format!("lease ok={}", kv.lease == id)));
+        }
+        t.push(format!("lk on every member: {seen:?}"));
+
+        let r = LeaseClient::new(ch_f2.clone()).lease_revoke(LeaseRevokeRequest { id }).await.expect("revoke").into_inner();
+        let revoked_at = rev(&r.header);
+        t.push(format!("revoke through follower 2: revision {revoked_at}"));
+        let mut counts = Vec::new();
+        for i in 0..c.size() {
+            let r = KvClient::new(c.channel(i).await).range(range("lk", false)).await.expect("get").into_inner();
+            assert!(rev(&r.header) >= revoked_at, "member {}: a linearizable read after the revoke", i + 1);
+            counts.push(r.count);
+        }
+        t.push(format!("lk counts on every member after the revoke: {counts:?}"));
+        t.push(format!("timetolive through follower 1 after the revoke: {}", ttl(&ch_f1, false).await));
+        ka.requests.send(LeaseKeepAliveRequest { id }).await.expect("the keepalive request stream is open");
+        let r = next_message(&mut ka, "keepalive", |r| format!("id ok={} ttl={}", r.id == id, r.ttl)).await;
+        t.push(format!("keepalive through follower 1 after the revoke: {r}"));
+        t
+    })
+    .await;
 }
