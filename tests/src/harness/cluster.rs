@@ -89,15 +89,16 @@ impl Cluster {
     pub async fn start_with(kind: ServerKind, options: ClusterOptions) -> Cluster {
         assert!(options.size >= 1, "a cluster needs at least one member");
         static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let token = format!(
-            "cairn-tests-{}-{}",
-            std::process::id(),
-            TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+        let token =
+            format!("cairn-tests-{}-{}", std::process::id(), TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let members = (0..options.size)
             .map(|i| {
-                let mut extra_args =
-                    vec!["--initial-cluster-state".to_string(), "new".to_string(), "--initial-cluster-token".to_string(), token.clone()];
+                let mut extra_args = vec![
+                    "--initial-cluster-state".to_string(),
+                    "new".to_string(),
+                    "--initial-cluster-token".to_string(),
+                    token.clone(),
+                ];
                 extra_args.extend(options.extra_args.iter().cloned());
                 let server_options = ServerOptions {
                     name: format!("n{}", i + 1),
@@ -256,8 +257,9 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let quorum = self.members.len() / 2 + 1;
         loop {
-            let live: Vec<usize> =
-                (0..self.members.len()).filter(|&i| self.members[i].is_running() && !self.members[i].is_paused()).collect();
+            let live: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].is_running() && !self.members[i].is_paused())
+                .collect();
             let mut answers = Vec::new();
             for &i in &live {
                 if let Some(a) = self.status(i).await {

@@ -13,8 +13,8 @@ pub mod etcdctl;
 pub mod ports;
 pub mod server;
 
-pub use cluster::{Cluster, ClusterOptions};
 pub use bins::{cairn_bin, etcd_bin, etcd_bin_dir, etcdctl_bin, repo_root, subject_kind};
+pub use cluster::{Cluster, ClusterOptions};
 pub use etcdctl::{etcdctl, etcdctl_with_stdin, normalize, CmdOutput, EtcdctlProcess};
 pub use ports::free_port;
 pub use server::{Server, ServerKind, ServerOptions};

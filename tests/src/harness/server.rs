@@ -154,7 +154,17 @@ impl Server {
             .prefix(&format!("cairn-tests-{kind}-"))
             .tempdir()
             .expect("create a temporary directory for the server");
-        Server { kind, options, client_port, peer_port, dir, child: None, starts: 0, log_on_failure: true, paused: false }
+        Server {
+            kind,
+            options,
+            client_port,
+            peer_port,
+            dir,
+            child: None,
+            starts: 0,
+            log_on_failure: true,
+            paused: false,
+        }
     }
 
     /// Moves a server that is not running to new ports and a fresh store (the failed start may
