@@ -24,6 +24,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of the server log shown on failures.
 const LOG_TAIL_LINES: usize = 60;
+/// Lines reporting an error shown from the start of the log on failures.
+const FIRST_ERROR_LINES: usize = 8;
 /// Starts on fresh ports tried when a port turns out to be taken.
 const START_ATTEMPTS: u32 = 3;
 
@@ -363,9 +365,26 @@ impl Server {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The first lines of the log that report an error or a panic: when a failure repeats
+    /// (a retry loop), the tail shows only the repetitions and the cause is further up.
+    pub fn first_errors(&self, lines: usize) -> Vec<String> {
+        let text = std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains("panicked") || l.contains("\"level\":\"error\""))
+            .take(lines)
+            .map(String::from)
+            .collect()
+    }
+
     fn log_tail_text(&self) -> String {
+        let first_errors = self.first_errors(FIRST_ERROR_LINES);
+        let first_errors = if first_errors.is_empty() {
+            String::new()
+        } else {
+            format!("---- first error lines of {} ----\n{}\n", self.log_path().display(), first_errors.join("\n"))
+        };
         format!(
-            "---- last {LOG_TAIL_LINES} lines of {} ----\n{}\n---- end of log ----",
+            "{first_errors}---- last {LOG_TAIL_LINES} lines of {} ----\n{}\n---- end of log ----",
             self.log_path().display(),
             self.log_tail(LOG_TAIL_LINES)
         )

@@ -999,6 +999,11 @@ async fn follower_lease_keepalive_and_timetolive() {
         }
         t.push(format!("lk counts on every member after the revoke: {counts:?}"));
         t.push(format!("timetolive through follower 1 after the revoke: {}", ttl(&ch_f1, false).await));
+        let extra = ka.drain();
+        t.push(format!(
+            "keepalive responses not asked for: [{}]",
+            describe(&extra, Instant::now(), |r| format!("id ok={} ttl={}", r.id == id, r.ttl)).join(", ")
+        ));
         ka.requests.send(LeaseKeepAliveRequest { id }).await.expect("the keepalive request stream is open");
         let r = next_message(&mut ka, "keepalive", |r| format!("id ok={} ttl={}", r.id == id, r.ttl)).await;
         t.push(format!("keepalive through follower 1 after the revoke: {r}"));
