@@ -3,7 +3,9 @@
 //!
 //! Modules:
 //! - [`harness`]: free ports, locating the binaries, [`harness::Server`] (one single-node
-//!   server process with etcd's flags, owned by a test), and the `etcdctl` helpers.
+//!   server process with etcd's flags, owned by a test), [`harness::Cluster`] (N members of
+//!   one kind forming a cluster, with kill -9 / SIGTERM / SIGSTOP faults and leader lookup),
+//!   and the `etcdctl` helpers.
 //! - [`diff`]: the differential machinery: a request model ([`diff::Req`]) that is executed
 //!   through the `etcd-client` crate, responses normalised field by field
 //!   ([`diff::Outcome`]), scripts of named steps, and [`diff::run_differential`] which runs

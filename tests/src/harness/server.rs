@@ -24,6 +24,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of the server log shown on failures.
 const LOG_TAIL_LINES: usize = 60;
+/// Lines reporting an error shown from the start of the log on failures.
+const FIRST_ERROR_LINES: usize = 8;
 /// Starts on fresh ports tried when a port turns out to be taken.
 const START_ATTEMPTS: u32 = 3;
 
@@ -64,11 +66,19 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// How long to wait for the server to answer a linearizable read after (re)start.
     pub ready_timeout: Duration,
+    /// `--initial-cluster` (`name=peer url,...`); `None`: this server alone, `name=<its peer
+    /// url>`. Set by [`super::Cluster`], which also puts the cluster token in `extra_args`.
+    pub initial_cluster: Option<String>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { name: "n1".to_string(), extra_args: Vec::new(), ready_timeout: Duration::from_secs(20) }
+        ServerOptions {
+            name: "n1".to_string(),
+            extra_args: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
+            initial_cluster: None,
+        }
     }
 }
 
@@ -100,6 +110,10 @@ pub struct Server {
     starts: u32,
     /// Whether dropping the server during a panic prints the tail of its log.
     log_on_failure: bool,
+    /// Whether the process was stopped with SIGSTOP ([`Server::pause`]) and not yet continued.
+    /// A paused process is continued before it is signalled to exit, so that none is ever left
+    /// stopped behind a test.
+    paused: bool,
 }
 
 impl Server {
@@ -117,37 +131,56 @@ impl Server {
 
     /// Like [`Server::start`] with explicit options.
     pub async fn start_with(kind: ServerKind, options: ServerOptions) -> Server {
-        // Resolve the binary first: a missing binary is reported before anything else.
-        let _ = kind.binary();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("cairn-tests-{kind}-"))
-            .tempdir()
-            .expect("create a temporary directory for the server");
-        let mut server = Server {
-            kind,
-            options,
-            client_port: free_port(),
-            peer_port: free_port(),
-            dir,
-            child: None,
-            starts: 0,
-            log_on_failure: true,
-        };
+        let mut server = Server::unstarted(kind, options, free_port(), free_port());
         // Another process of the machine may take a free port between free_port() and the
         // server's bind: then start again on new ports.
         for attempt in 1..=START_ATTEMPTS {
             match server.spawn_and_wait().await {
                 Ok(()) => return server,
                 Err(StartError::AddressInUse(_)) if attempt < START_ATTEMPTS => {
-                    // A fresh store again: the failed start may have written the old URLs.
-                    let _ = std::fs::remove_dir_all(server.data_dir());
-                    server.client_port = free_port();
-                    server.peer_port = free_port();
+                    server.reset_ports(free_port(), free_port());
                 }
                 Err(e) => panic!("{e}"),
             }
         }
         unreachable!("the last attempt returns or panics")
+    }
+
+    /// A server that is not running yet, on these ports, with a fresh data dir. Started by
+    /// [`Server::spawn`] (then [`Server::wait_ready`]); used by [`super::Cluster`], which must
+    /// start every member before any of them can be ready.
+    pub(crate) fn unstarted(kind: ServerKind, options: ServerOptions, client_port: u16, peer_port: u16) -> Server {
+        // Resolve the binary first: a missing binary is reported before anything else.
+        let _ = kind.binary();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("cairn-tests-{kind}-"))
+            .tempdir()
+            .expect("create a temporary directory for the server");
+        Server {
+            kind,
+            options,
+            client_port,
+            peer_port,
+            dir,
+            child: None,
+            starts: 0,
+            log_on_failure: true,
+            paused: false,
+        }
+    }
+
+    /// Moves a server that is not running to new ports and a fresh store (the failed start may
+    /// have written the old URLs), and to a new `--initial-cluster` if given.
+    pub(crate) fn reset_ports(&mut self, client_port: u16, peer_port: u16) {
+        assert!(self.child.is_none(), "{self}: reset_ports while a process is running");
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        self.client_port = client_port;
+        self.peer_port = peer_port;
+    }
+
+    /// Replaces `--initial-cluster` (for the next start).
+    pub(crate) fn set_initial_cluster(&mut self, initial_cluster: String) {
+        self.options.initial_cluster = Some(initial_cluster);
     }
 
     /// Whether the tail of the log is printed when the server is dropped during a panic (on by
@@ -237,7 +270,7 @@ impl Server {
             "--initial-advertise-peer-urls".to_string(),
             peer.clone(),
             "--initial-cluster".to_string(),
-            format!("{name}={peer}"),
+            self.options.initial_cluster.clone().unwrap_or_else(|| format!("{name}={peer}")),
         ];
         args.extend(self.options.extra_args.iter().cloned());
         args
@@ -253,6 +286,7 @@ impl Server {
     /// Kills the process with SIGKILL and waits for it (a crash: nothing is flushed).
     /// Does nothing if it is not running.
     pub fn kill9(&mut self) {
+        self.resume_if_paused();
         if let Some(mut child) = self.child.take() {
             // kill() sends SIGKILL; an error means it has already exited, which wait() reaps.
             let _ = child.kill();
@@ -263,12 +297,10 @@ impl Server {
     /// Sends SIGTERM and waits for the process to exit; returns its exit status. If it has not
     /// exited within 20 s it is killed and this panics. Panics if it is not running.
     pub fn stop(&mut self) -> ExitStatus {
+        // A stopped process would handle SIGTERM only once continued.
+        self.resume_if_paused();
         let mut child = self.child.take().unwrap_or_else(|| panic!("{self}: stop() but the process is not running"));
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
-        // SAFETY: kill(2) with a pid we own (a child not yet reaped, so the pid is not reused).
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {
@@ -282,6 +314,34 @@ impl Server {
                         self.log_tail_text()
                     );
                 }
+            }
+        }
+    }
+
+    /// Stops the process with SIGSTOP: it keeps its sockets but answers nothing (a hung or
+    /// partitioned member). Panics if it is not running or already paused.
+    pub fn pause(&mut self) {
+        assert!(!self.paused, "{self}: pause() but it is already paused");
+        let child = self.child.as_ref().unwrap_or_else(|| panic!("{self}: pause() but the process is not running"));
+        signal(child, libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// Continues a process stopped by [`Server::pause`] (SIGCONT). Panics if it is not paused.
+    pub fn resume(&mut self) {
+        assert!(self.paused, "{self}: resume() but it is not paused");
+        self.resume_if_paused();
+    }
+
+    /// Whether the process is stopped by [`Server::pause`].
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn resume_if_paused(&mut self) {
+        if std::mem::take(&mut self.paused) {
+            if let Some(child) = self.child.as_ref() {
+                signal(child, libc::SIGCONT);
             }
         }
     }
@@ -305,15 +365,38 @@ impl Server {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The first lines of the log that report an error or a panic: when a failure repeats
+    /// (a retry loop), the tail shows only the repetitions and the cause is further up.
+    pub fn first_errors(&self, lines: usize) -> Vec<String> {
+        let text = std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains("panicked") || l.contains("\"level\":\"error\""))
+            .take(lines)
+            .map(String::from)
+            .collect()
+    }
+
     fn log_tail_text(&self) -> String {
+        let first_errors = self.first_errors(FIRST_ERROR_LINES);
+        let first_errors = if first_errors.is_empty() {
+            String::new()
+        } else {
+            format!("---- first error lines of {} ----\n{}\n", self.log_path().display(), first_errors.join("\n"))
+        };
         format!(
-            "---- last {LOG_TAIL_LINES} lines of {} ----\n{}\n---- end of log ----",
+            "{first_errors}---- last {LOG_TAIL_LINES} lines of {} ----\n{}\n---- end of log ----",
             self.log_path().display(),
             self.log_tail(LOG_TAIL_LINES)
         )
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), StartError> {
+        self.spawn();
+        self.wait_ready().await
+    }
+
+    /// Starts the process (not waiting for anything). Panics if it cannot be spawned.
+    pub(crate) fn spawn(&mut self) {
         assert!(self.child.is_none(), "{self}: spawn while a process is running");
         self.starts += 1;
         let binary = self.kind.binary();
@@ -328,12 +411,11 @@ impl Server {
         let child = spawn(&binary, &args, log, stderr)
             .unwrap_or_else(|e| panic!("{self}: cannot spawn {}: {e}", binary.display()));
         self.child = Some(child);
-        self.wait_ready().await
     }
 
     /// Polls with a client (connect, then a linearizable get) until it succeeds, the process
     /// exits, or the deadline passes. Never a fixed sleep.
-    async fn wait_ready(&mut self) -> Result<(), StartError> {
+    pub(crate) async fn wait_ready(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + self.options.ready_timeout;
         let endpoint = self.endpoint();
         let mut last_error = String::from("no attempt yet");
@@ -367,7 +449,7 @@ impl Server {
 }
 
 /// Why a (re)start failed; the message includes the log tail.
-enum StartError {
+pub(crate) enum StartError {
     /// The process exited complaining that a port was taken: worth retrying on new ports.
     AddressInUse(String),
     Other(String),
@@ -395,6 +477,7 @@ impl fmt::Debug for Server {
             .field("peer_port", &self.peer_port)
             .field("dir", &self.dir.path())
             .field("pid", &self.pid())
+            .field("paused", &self.paused)
             .finish()
     }
 }
@@ -424,6 +507,16 @@ async fn probe(endpoint: &str) -> Result<(), String> {
         // With auth enabled an anonymous read is refused, but the server is serving.
         Err(etcd_client::Error::GRpcStatus(s)) if s.message() == "etcdserver: user name is empty" => Ok(()),
         Err(e) => Err(format!("get: {e}")),
+    }
+}
+
+/// Sends `sig` to a child that has not been reaped (so its pid is not reused).
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
+    // SAFETY: kill(2) with a pid we own (a child not yet reaped, so the pid is not reused).
+    // An error means the process has already exited; wait() reaps it.
+    unsafe {
+        libc::kill(pid, sig);
     }
 }
 

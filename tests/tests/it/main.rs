@@ -2,6 +2,9 @@
 //!
 //! - `auth`: users, roles, permissions and tokens: differential against etcd over raw gRPC
 //!   and etcdctl, and a restart.
+//! - `cluster`: 3-member clusters of etcd and of Cairn running the same scenarios: reads and
+//!   watches across members, `hasleader` (require-leader) streams when a follower loses its
+//!   quorum, leader kill -9 and catch-up, a lagging member, member list, leases via followers.
 //! - `harness`: the test harness itself, against real etcd (start, kill -9, restart, stop).
 //! - `differential`: the same KV requests against real etcd 3.5.1 and Cairn, compared
 //!   field by field.
@@ -20,6 +23,7 @@
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
 mod auth;
+mod cluster;
 mod crash;
 mod differential;
 mod etcdctl;

@@ -1,0 +1,311 @@
+//! [`Cluster`]: N members of one server kind (etcd or Cairn) forming one raft group, owned by a
+//! test.
+//!
+//! Every member is a [`Server`] started with etcd's clustering flags: its own client and peer
+//! ports on 127.0.0.1, `--initial-cluster n1=http://127.0.0.1:P1,n2=...`, `--initial-cluster-state
+//! new` and a token unique to the cluster. All processes are spawned before any is waited for:
+//! a member serves a linearizable read only once a quorum is up.
+//!
+//! Faults: [`Cluster::kill9`] (crash), [`Cluster::stop`] (SIGTERM), [`Cluster::pause`] /
+//! [`Cluster::resume`] (SIGSTOP / SIGCONT: a hung member that keeps its sockets open). Dropping
+//! the cluster continues every paused process and kills every process (by pid, through each
+//! [`Server`]'s drop), so none outlives the test.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use tonic::transport::Channel;
+
+use super::ports::free_port;
+use super::server::{connect, Server, ServerKind, ServerOptions, StartError};
+
+/// Starts on fresh ports tried when a port turns out to be taken.
+const START_ATTEMPTS: u32 = 3;
+/// How long [`Cluster::leader`] polls for an agreed leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one member may take to answer a Status request while looking for the leader.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the leader is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How to start a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Number of members (named `n1`, `n2`, ...).
+    pub size: usize,
+    /// Flags given to every member after the standard ones, e.g. `["--snapshot-count", "100"]`.
+    pub extra_args: Vec<String>,
+    /// How long each member may take to serve a linearizable read after (re)start.
+    pub ready_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    /// Three members with a 50 ms heartbeat and a 500 ms election timeout, so that a lost
+    /// leader is noticed within about a second.
+    fn default() -> Self {
+        ClusterOptions {
+            size: 3,
+            extra_args: ["--heartbeat-interval", "50", "--election-timeout", "500"].map(String::from).to_vec(),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The default options with `args` appended to the extra flags.
+    pub fn with_args<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut options = ClusterOptions::default();
+        options.extra_args.extend(args.into_iter().map(Into::into));
+        options
+    }
+}
+
+/// The members of one cluster, started together. Member indexes are 0-based; member `i` is
+/// named `n{i+1}`.
+pub struct Cluster {
+    kind: ServerKind,
+    members: Vec<Server>,
+}
+
+impl Cluster {
+    /// Starts a cluster of 3 members of `kind` with [`ClusterOptions::default`] and waits until
+    /// every member serves a linearizable read.
+    pub async fn start(kind: ServerKind) -> Cluster {
+        Cluster::start_with(kind, ClusterOptions::default()).await
+    }
+
+    /// Like [`Cluster::start`] with the default options plus extra flags.
+    pub async fn start_with_args(kind: ServerKind, args: &[&str]) -> Cluster {
+        Cluster::start_with(kind, ClusterOptions::with_args(args.iter().copied())).await
+    }
+
+    /// Starts a cluster with explicit options. Panics (with the members' log tails) if it does
+    /// not become ready in time.
+    pub async fn start_with(kind: ServerKind, options: ClusterOptions) -> Cluster {
+        assert!(options.size >= 1, "a cluster needs at least one member");
+        static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let token =
+            format!("cairn-tests-{}-{}", std::process::id(), TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let members = (0..options.size)
+            .map(|i| {
+                let mut extra_args = vec![
+                    "--initial-cluster-state".to_string(),
+                    "new".to_string(),
+                    "--initial-cluster-token".to_string(),
+                    token.clone(),
+                ];
+                extra_args.extend(options.extra_args.iter().cloned());
+                let server_options = ServerOptions {
+                    name: format!("n{}", i + 1),
+                    extra_args,
+                    ready_timeout: options.ready_timeout,
+                    initial_cluster: None,
+                };
+                Server::unstarted(kind, server_options, free_port(), free_port())
+            })
+            .collect();
+        let mut cluster = Cluster { kind, members };
+        for attempt in 1..=START_ATTEMPTS {
+            cluster.set_initial_cluster();
+            for m in &mut cluster.members {
+                m.spawn();
+            }
+            match cluster.wait_all_ready().await {
+                Ok(()) => return cluster,
+                Err(StartError::AddressInUse(_)) if attempt < START_ATTEMPTS => {
+                    // Every member must learn the new URLs: start the whole cluster again.
+                    for m in &mut cluster.members {
+                        m.kill9();
+                        m.reset_ports(free_port(), free_port());
+                    }
+                }
+                Err(e) => panic!("starting a {kind} cluster: {e}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn set_initial_cluster(&mut self) {
+        let initial_cluster =
+            self.members.iter().map(|m| format!("{}={}", m.name(), m.peer_url())).collect::<Vec<_>>().join(",");
+        for m in &mut self.members {
+            m.set_initial_cluster(initial_cluster.clone());
+        }
+    }
+
+    /// Waits for each member in turn; all are already spawned, so waiting for the first one
+    /// covers the time the cluster needs to elect a leader.
+    async fn wait_all_ready(&mut self) -> Result<(), StartError> {
+        for m in &mut self.members {
+            m.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Which binary the members run.
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// The number of members.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Member `i` (0-based).
+    pub fn member(&self, i: usize) -> &Server {
+        &self.members[i]
+    }
+
+    /// Member `i`, mutable (e.g. to turn off its log on failure).
+    pub fn member_mut(&mut self, i: usize) -> &mut Server {
+        &mut self.members[i]
+    }
+
+    /// `127.0.0.1:<client port>` of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].endpoint()
+    }
+
+    /// The client endpoints of every member, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Server::endpoint).collect()
+    }
+
+    /// The pid of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].pid()
+    }
+
+    /// An etcd-client connected to member `i` only. Panics if it cannot connect.
+    pub async fn client(&self, i: usize) -> Client {
+        self.members[i].client().await
+    }
+
+    /// A gRPC channel to member `i` only, for the raw `cairn_proto` clients. Panics if it
+    /// cannot connect.
+    pub async fn channel(&self, i: usize) -> Channel {
+        let m = &self.members[i];
+        Channel::from_shared(m.client_url())
+            .expect("a client URL is a valid URI")
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{m}: cannot open a gRPC channel: {e}"))
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it (a crash).
+    pub fn kill9(&mut self, i: usize) {
+        self.members[i].kill9();
+    }
+
+    /// Stops member `i` with SIGTERM and waits for it to exit (see [`Server::stop`]).
+    pub fn stop(&mut self, i: usize) {
+        self.members[i].stop();
+    }
+
+    /// Starts member `i` again on its data dir and ports and waits until it serves a
+    /// linearizable read (which needs a quorum, including itself caught up to the read index).
+    pub async fn restart(&mut self, i: usize) {
+        self.members[i].restart().await;
+    }
+
+    /// Stops member `i` with SIGSTOP (see [`Server::pause`]).
+    pub fn pause(&mut self, i: usize) {
+        self.members[i].pause();
+    }
+
+    /// Continues member `i` with SIGCONT (see [`Server::resume`]).
+    pub fn resume(&mut self, i: usize) {
+        self.members[i].resume();
+    }
+
+    /// The Maintenance Status of member `i`: `(its member id, the leader it knows, 0 if none)`,
+    /// or `None` if it does not answer within a second.
+    pub async fn status(&self, i: usize) -> Option<(u64, u64)> {
+        let endpoint = self.members[i].endpoint();
+        let status = async {
+            let mut c = connect(&endpoint).await.ok()?;
+            let s = c.status().await.ok()?;
+            Some((s.header()?.member_id(), s.leader()))
+        };
+        tokio::time::timeout(STATUS_TIMEOUT, status).await.ok().flatten()
+    }
+
+    /// The member id of member `i` (from its Status header). Panics if it does not answer.
+    pub async fn member_id(&self, i: usize) -> u64 {
+        let (id, _) = self.status(i).await.unwrap_or_else(|| panic!("{}: no Status answer", self.members[i]));
+        id
+    }
+
+    /// The index of the leader, once every running, unpaused member that answers names the same
+    /// leader, that leader is one of them, and at least a quorum answered. Polls for up to
+    /// 20 s, then panics.
+    pub async fn leader(&mut self) -> usize {
+        self.leader_within(LEADER_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("{} cluster: no agreed leader within {LEADER_TIMEOUT:?}", self.kind))
+    }
+
+    /// Like [`Cluster::leader`], `None` after `timeout`.
+    pub async fn leader_within(&mut self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        let quorum = self.members.len() / 2 + 1;
+        loop {
+            let live: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].is_running() && !self.members[i].is_paused())
+                .collect();
+            let mut answers = Vec::new();
+            for &i in &live {
+                if let Some(a) = self.status(i).await {
+                    answers.push((i, a));
+                }
+            }
+            if answers.len() >= quorum {
+                let (_, (_, leader_id)) = answers[0];
+                let agreed = leader_id != 0 && answers.iter().all(|(_, (_, l))| *l == leader_id);
+                if agreed {
+                    if let Some((i, _)) = answers.iter().find(|(_, (id, _))| *id == leader_id) {
+                        return Some(*i);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The members other than `i`, in order.
+    pub fn others(&self, i: usize) -> Vec<usize> {
+        (0..self.members.len()).filter(|&j| j != i).collect()
+    }
+}
+
+impl fmt::Display for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} cluster [{}]", self.kind, self.endpoints().join(", "))
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster").field("kind", &self.kind).field("members", &self.members).finish()
+    }
+}
+
+impl Drop for Cluster {
+    /// Kills every member by pid ([`Server::kill9`] sends SIGCONT to a paused one first) and
+    /// reaps it; each member's own drop then prints its log tail if the test is failing.
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill9();
+        }
+    }
+}
