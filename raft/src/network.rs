@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -17,6 +17,9 @@ use openraft::BasicNode;
 
 use crate::codec;
 use crate::types::*;
+
+/// AppendEntries bodies above this are split (unless they hold a single entry).
+const MAX_APPEND_BYTES: usize = 2 << 20;
 
 /// Why a peer call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +105,15 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let body = self.call(method::APPEND, codec::encode_append_request(&rpc), &option).await?;
+        let n = rpc.entries.len() as u64;
+        let body = codec::encode_append_request(&rpc);
+        // openraft gives a message one heartbeat interval: a large one is split (openraft
+        // retries at once with at most the hinted number of entries).
+        if body.len() > MAX_APPEND_BYTES && n > 1 {
+            let hint = (n * MAX_APPEND_BYTES as u64 / body.len() as u64).clamp(1, n - 1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        let body = self.call(method::APPEND, body, &option).await?;
         codec::decode_append_response(&body).map_err(undecodable)
     }
 

@@ -101,7 +101,13 @@ struct WaiterMap {
 
 impl Waiters {
     pub(crate) fn new(member_id: u64) -> Waiters {
-        Waiters { member_id, next_seq: AtomicU64::new(1), map: Default::default() }
+        // Unique across restarts of this member: an entry forwarded by a previous process
+        // (applied after this one started) must not answer one of this process's waiters.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .max(1);
+        Waiters { member_id, next_seq: AtomicU64::new(epoch), map: Default::default() }
     }
 
     fn register(&self, done: oneshot::Sender<Result<Applied, WriteError>>) -> Origin {
@@ -154,7 +160,11 @@ impl Shared {
         loop {
             {
                 let m = rx.borrow();
-                if let Some(l) = m.current_leader {
+                let leader = match m.current_leader {
+                    Some(_) if m.state == ServerState::Leader && !self.quorum_recent(&m) => None,
+                    l => l,
+                };
+                if let Some(l) = leader {
                     let addr = m.membership_config.membership().get_node(&l).map(|n| n.addr.clone());
                     return addr.map(|a| (l, a)).ok_or(WriteError::NoLeader);
                 }
@@ -219,8 +229,30 @@ impl Shared {
         }
     }
 
+    /// Whether this member leads and heard from a quorum within an election timeout.
+    /// openraft 0.9 has no CheckQuorum: a leader cut off from the majority stays leader
+    /// until it hears a higher term. Like etcd's CheckQuorum, it is not treated as leader.
     fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && self.quorum_recent(&m)
+    }
+
+    fn quorum_recent(&self, m: &openraft::RaftMetrics<NodeId, BasicNode>) -> bool {
+        let voters = m.membership_config.membership().voter_ids().count();
+        voters <= 1 || m.millis_since_quorum_ack.is_some_and(|ms| ms <= self.election_timeout.as_millis() as u64)
+    }
+
+    /// The leader as this member sees it: `None` while electing, and also when this member
+    /// is a leader without a recent quorum.
+    fn known_leader(&self) -> Option<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let l = m.current_leader?;
+        if m.state == ServerState::Leader && !self.quorum_recent(&m) {
+            return None;
+        }
+        Some(l)
     }
 }
 
@@ -442,11 +474,15 @@ impl RaftNode {
         // The commands may have gone into several entries: if some were appended, the
         // sender must not send them again (it would apply them twice), so a refusal of the
         // rest is reported as an unknown outcome rather than "not leader".
-        let (mut applied, mut first_error) = (0usize, None);
+        let total = pending.len();
+        let (mut refused, mut first_error) = (0usize, None);
         for rx in pending {
             match rx.await {
-                Ok(Ok(_)) => applied += 1,
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
+                    if matches!(e, WriteError::NotLeader { .. } | WriteError::NoLeader) {
+                        refused += 1;
+                    }
                     first_error.get_or_insert(e);
                 }
                 Err(_) => {
@@ -456,7 +492,9 @@ impl RaftNode {
         }
         match first_error {
             None => Ok(()),
-            Some(WriteError::NotLeader { .. } | WriteError::NoLeader) if applied > 0 => Err(WriteError::LeaderLost),
+            // Every command refused before any append: the sender may send them again.
+            Some(e @ (WriteError::NotLeader { .. } | WriteError::NoLeader)) if refused == total => Err(e),
+            Some(WriteError::NotLeader { .. } | WriteError::NoLeader) => Err(WriteError::LeaderLost),
             Some(e) => Err(e),
         }
     }
@@ -478,19 +516,21 @@ impl RaftNode {
         m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone()))
     }
 
-    /// Whether a leader is known (without copying the whole metrics).
+    /// Whether a leader is known (a leader without a recent quorum does not count).
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        self.shared.known_leader().is_some()
     }
 
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();
+        let recent = self.shared.quorum_recent(&m);
+        let deposed = m.state == ServerState::Leader && !recent;
         RaftStatus {
-            leader: m.current_leader,
+            leader: if deposed { None } else { m.current_leader },
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            is_leader: m.state == ServerState::Leader,
+            is_leader: m.state == ServerState::Leader && recent,
         }
     }
 
@@ -545,10 +585,13 @@ async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>) {
         }
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             if shared.is_leader() {
+                let _permit = permit;
                 submit(&shared, batch).await;
             } else {
+                // A forward waits on the leader, which may turn out to be this member (calling
+                // itself): it must not hold the permits its own submits need.
+                drop(permit);
                 forward(&shared, batch).await;
             }
         });
@@ -568,7 +611,19 @@ async fn submit(shared: &Shared, batch: Vec<Proposal>) {
     if origins.iter().all(|o| *o == Origin::default()) {
         origins.clear();
     }
-    match shared.raft.client_write(Request { commands, origins }).await {
+    // A deposed leader's pending entry may never be answered by openraft 0.9 (when a
+    // snapshot replaces its log): bound the wait so that the batch permit comes back.
+    let written = tokio::time::timeout(FORWARD_TIMEOUT, shared.raft.client_write(Request { commands, origins })).await;
+    let written = match written {
+        Ok(w) => w,
+        Err(_) => {
+            for w in waiters {
+                let _ = w.send(Err(WriteError::LeaderLost));
+            }
+            return;
+        }
+    };
+    match written {
         Ok(resp) => {
             let outcomes = resp.data.0;
             if outcomes.len() != waiters.len() {

@@ -270,6 +270,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        // Under the lock: a snapshot being built renames its file and then writes its meta;
+        // the meta and the file read here must be of the same snapshot.
+        let _guard = self.inner.lock.lock().await;
         let (snap, meta_path) = self.current_paths();
         let meta = match std::fs::read(&meta_path) {
             Ok(b) => codec::decode_snapshot_meta(&b).map_err(sm_err)?,

@@ -340,6 +340,12 @@ impl Authz {
     }
 
     /// Rebuilds the view from the store (after start, auth changes, a snapshot install).
+    /// Forgets every token (a snapshot from the leader replaced the auth store: tokens of
+    /// users changed or deleted in between must not stay valid here). Clients re-authenticate.
+    pub fn drop_tokens(&self) {
+        self.tokens.lock().expect("token lock poisoned").by_token.clear();
+    }
+
     pub fn reload(&self, store: &Store) {
         match store.auth_state() {
             Ok(st) => *self.view.write().expect("auth view lock poisoned") = Arc::new(AuthView::new(st)),

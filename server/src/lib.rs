@@ -155,10 +155,17 @@ fn count_keys(node: &RaftNode) -> Result<i64, String> {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir).map_err(|e| format!("create {}: {e}", member_dir.display()))?;
-    let initial = initial_member_ids(&cfg)?;
-    if cfg.initial_cluster_state == "existing" {
-        return Err("--initial-cluster-state=existing (joining a running cluster) is not supported yet".into());
-    }
+    // The initial-cluster flags matter only at bootstrap; a member that has its IDs ignores
+    // them, as etcd ignores them once the member is initialized.
+    let bootstrapping = !member_dir.join("ids").exists();
+    let initial = if bootstrapping {
+        if cfg.initial_cluster_state == "existing" {
+            return Err("--initial-cluster-state=existing (joining a running cluster) is not supported yet".into());
+        }
+        initial_member_ids(&cfg)?
+    } else {
+        Vec::new()
+    };
     let (member_id, cluster_id) = load_or_make_ids(&member_dir, &cfg, &initial)?;
     let mut addrs = Vec::new();
     for u in &cfg.listen_client_urls {
@@ -296,6 +303,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let wake = compactor.clone();
         node.set_install_listener(Arc::new(move || {
             hub.jump_to(store.current_revision());
+            authz.drop_tokens();
             authz.reload(&store);
             wake.notify_one();
         }));

@@ -71,9 +71,23 @@ impl PeerTransport for GrpcTransport {
     }
 }
 
+/// Whether the call was certainly not delivered: no connection could be made (an I/O error
+/// of connecting in the error's source chain), or the peer refused it while starting.
 fn is_connect_error(s: &Status) -> bool {
-    let m = s.message();
-    m.contains("connect") || m.contains("member is starting")
+    if s.message() == "member is starting" {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Peer methods the server answers itself (not raft's).
@@ -139,10 +153,9 @@ impl Peer for PeerService {
                 };
                 let answer = if req.method == method::LEASE_RENEW {
                     lessor.renew(id).await
-                } else if lessor.is_primary() {
-                    Ok(lessor.remaining_secs(id))
                 } else {
-                    Err(LessorError::NotPrimary)
+                    // A lessor still promoting answers once promoted, as on the leader itself.
+                    lessor.wait_primary().await.map(|()| lessor.remaining_secs(id))
                 };
                 encode_lease_answer(answer)
             }

@@ -53,7 +53,7 @@ pub fn write_error(e: &WriteError) -> Status {
         WriteError::LeaderLost => EtcdError::TimeoutDueToLeaderFail.status(),
         WriteError::Other(msg) => {
             tracing::warn!(error = %msg, "raft write failed");
-            EtcdError::Stopped.status()
+            EtcdError::Timeout.status()
         }
     }
 }

@@ -77,11 +77,8 @@ async fn start_group(dirs: &[tempfile::TempDir], mesh: &Arc<Mesh>) -> Vec<Arc<Ra
 async fn leader_of(nodes: &[Arc<RaftNode>], except: Option<u64>) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let leaders: Vec<u64> = nodes
-            .iter()
-            .filter(|n| Some(n.member_id()) != except && n.is_leader())
-            .map(|n| n.member_id())
-            .collect();
+        let leaders: Vec<u64> =
+            nodes.iter().filter(|n| Some(n.member_id()) != except && n.is_leader()).map(|n| n.member_id()).collect();
         if let [l] = leaders.as_slice() {
             return *l;
         }
@@ -132,6 +129,16 @@ async fn three_members_replicate_forward_and_fail_over() {
     mesh.cut.lock().expect("lock").insert(format!("mem://{leader}"));
     let new_leader = leader_of(&nodes, Some(leader)).await;
     assert_ne!(new_leader, leader);
+    // The cut-off leader (openraft still calls it leader) stops counting as one once it has
+    // not heard from a quorum for an election timeout, as etcd's CheckQuorum: no leader
+    // for `hasleader` streams, no lease renewals, and its writes fail instead of hanging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while old.is_leader() || old.has_leader() {
+        assert!(tokio::time::Instant::now() < deadline, "the cut-off leader still believes it leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let w = tokio::time::timeout(Duration::from_secs(15), old.write(put("lost", "x"))).await.expect("answered in time");
+    assert!(w.is_err(), "a write on the cut-off member must fail: {w:?}");
     for n in nodes.iter().filter(|n| n.member_id() != leader) {
         let a = tokio::time::timeout(Duration::from_secs(10), n.write(put("after", "cut")))
             .await
@@ -157,4 +164,3 @@ async fn three_members_replicate_forward_and_fail_over() {
     }
     mesh.nodes.lock().expect("lock").clear();
 }
-
