@@ -21,6 +21,6 @@ pub mod state_machine;
 pub mod types;
 
 pub use network::{NoPeers, PeerError, PeerFuture, PeerTransport};
-pub use node::{NodeConfig, RaftNode, RaftStatus, WriteError};
+pub use node::{MemberChange, MemberChangeError, NodeConfig, RaftNode, RaftStatus, WriteError};
 pub use state_machine::ApplyListener;
 pub use types::Origin;

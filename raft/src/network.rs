@@ -58,21 +58,28 @@ pub mod method {
     pub const READ_INDEX: &str = "read_index";
 }
 
+/// What a member answers a vote request of a member that is no longer in the cluster
+/// (etcd's message); the removed member stops when it hears it.
+pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
+
 #[derive(Clone)]
 pub struct Network {
     pub(crate) transport: Arc<dyn PeerTransport>,
+    /// Set when a peer said this member was removed.
+    pub(crate) removed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Peer {
     transport: Arc<dyn PeerTransport>,
     target: NodeId,
     addr: String,
+    removed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { transport: self.transport.clone(), target, addr: node.addr.clone() }
+        Peer { transport: self.transport.clone(), target, addr: node.addr.clone(), removed: self.removed.clone() }
     }
 }
 
@@ -91,7 +98,13 @@ impl Peer {
         option: &RPCOption,
     ) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, E>> {
         tracing::trace!(target = self.target, method, "peer call");
-        self.transport.call(&self.addr, method, body, option.hard_ttl()).await.map_err(rpc_error)
+        let res = self.transport.call(&self.addr, method, body, option.hard_ttl()).await;
+        if let Err(PeerError::Failed(m)) = &res {
+            if m.contains(MEMBER_REMOVED) {
+                self.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        res.map_err(rpc_error)
     }
 }
 

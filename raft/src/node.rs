@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     /// How peer messages travel ([`crate::network::NoPeers`] for a one-member group).
     pub transport: Arc<dyn PeerTransport>,
+    /// Joining an existing cluster (`--initial-cluster-state=existing`): an empty log is
+    /// not initialized here; the leader brings this member up to date.
+    pub join: bool,
 }
 
 /// Why a write failed. None of these applied anything, except `Other` after a forward,
@@ -50,6 +53,26 @@ pub enum WriteError {
     /// failure").
     LeaderLost,
     /// openraft or the peer network reported something else.
+    Other(String),
+}
+
+/// A membership change (etcd's MemberAdd / MemberRemove / MemberPromote / MemberUpdate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    Add { id: u64, peer_url: String, learner: bool },
+    Remove { id: u64 },
+    Promote { id: u64 },
+    Update { id: u64, peer_url: String },
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChangeError {
+    NotLeader,
+    NotFound,
+    Exists,
+    NotLearner,
+    LearnerNotReady,
     Other(String),
 }
 
@@ -265,6 +288,8 @@ pub struct RaftNode {
     member_id: u64,
     state_path: PathBuf,
     shared: Arc<Shared>,
+    /// A peer told this member it was removed from the cluster.
+    removed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftNode {
@@ -300,7 +325,8 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| e.to_string())?;
-        let network = Network { transport: cfg.transport.clone() };
+        let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let network = Network { transport: cfg.transport.clone(), removed: removed.clone() };
         let raft = Raft::new(cfg.member_id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -312,8 +338,10 @@ impl RaftNode {
         });
         let (proposals, rx) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(batcher(shared.clone(), rx));
-        let node = RaftNode { raft, proposals, log, store, sm, member_id: cfg.member_id, state_path, shared };
-        if !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
+        let node = RaftNode { raft, proposals, log, store, sm, member_id: cfg.member_id, state_path, shared, removed };
+        if cfg.join && !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
+            tracing::info!("joining an existing cluster: waiting for the leader to replicate to this member");
+        } else if !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
             let members: BTreeMap<u64, BasicNode> =
                 cfg.initial_members.iter().map(|(id, url)| (*id, BasicNode { addr: url.clone() })).collect();
             node.raft.initialize(members).await.map_err(|e| e.to_string())?;
@@ -437,6 +465,12 @@ impl RaftNode {
             }
             method::VOTE => {
                 let req = codec::decode_vote_request(body).map_err(bad)?;
+                // A candidate outside a settled membership was removed: tell it (it stops).
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                let settled = m.membership().get_joint_config().len() == 1 && m.log_id().is_some();
+                if settled && m.membership().get_node(&req.vote.leader_id.node_id).is_none() {
+                    return Err(crate::network::MEMBER_REMOVED.to_string());
+                }
                 let resp = self.raft.vote(req).await.map_err(|e| e.to_string())?;
                 Ok(codec::encode_vote_response(&resp))
             }
@@ -534,10 +568,91 @@ impl RaftNode {
         }
     }
 
-    /// Members of the group: (id, peer url, is voter).
+    /// Members of the group: (id, peer url).
     pub fn members(&self) -> Vec<(u64, String)> {
         let m = self.raft.metrics().borrow().membership_config.clone();
         m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+    }
+
+    /// The learners of the group (members that replicate but do not vote).
+    pub fn learners(&self) -> Vec<u64> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().learner_ids().collect()
+    }
+
+    /// Whether a peer said this member was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> bool {
+        self.learners().contains(&self.member_id)
+    }
+
+    /// Changes the membership; only on the leader (the server forwards to it). Adding a
+    /// voter adds it as a learner first, then makes it a voter (openraft needs a node to be a
+    /// learner before it votes); removal takes a member out entirely; promotion needs the
+    /// learner to be in sync (etcd: its log within 10% of the leader's).
+    pub async fn change_member(&self, change: MemberChange) -> Result<(), MemberChangeError> {
+        use openraft::ChangeMembers;
+        if !self.shared.is_leader() {
+            return Err(MemberChangeError::NotLeader);
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let is_member = |id: u64| membership.get_node(&id).is_some();
+        let is_learner = |id: u64| membership.learner_ids().any(|l| l == id);
+        let res = match change {
+            MemberChange::Add { id, peer_url, learner } => {
+                if is_member(id) {
+                    return Err(MemberChangeError::Exists);
+                }
+                if let Err(e) = self.raft.add_learner(id, BasicNode { addr: peer_url }, false).await {
+                    return Err(MemberChangeError::Other(e.to_string()));
+                }
+                if learner {
+                    return Ok(());
+                }
+                self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false).await
+            }
+            MemberChange::Remove { id } => {
+                if !is_member(id) {
+                    return Err(MemberChangeError::NotFound);
+                }
+                if is_learner(id) {
+                    self.raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false).await
+                } else {
+                    self.raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false).await
+                }
+            }
+            MemberChange::Promote { id } => {
+                if !is_member(id) {
+                    return Err(MemberChangeError::NotFound);
+                }
+                if !is_learner(id) {
+                    return Err(MemberChangeError::NotLearner);
+                }
+                let leader_last = m.last_log_index.unwrap_or(0);
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+                if (matched as f64) < 0.9 * leader_last as f64 {
+                    return Err(MemberChangeError::LearnerNotReady);
+                }
+                self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false).await
+            }
+            MemberChange::Update { id, peer_url } => {
+                if !is_member(id) {
+                    return Err(MemberChangeError::NotFound);
+                }
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes([(id, BasicNode { addr: peer_url })].into()), false)
+                    .await
+            }
+        };
+        res.map(|_| ()).map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => MemberChangeError::NotLeader,
+            e => MemberChangeError::Other(e.to_string()),
+        })
     }
 
     /// Stops raft and makes the store durable.

@@ -1,9 +1,11 @@
-//! Cluster: MemberList over the raft membership; membership changes are not implemented yet.
+//! Cluster: the member list over the raft membership, and membership changes (run by the
+//! leader; a follower forwards them over the peer port).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::PeerTransport;
+use cairn_proto::rpctypes::EtcdError;
+use cairn_raft::{MemberChange, MemberChangeError, PeerTransport};
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::etcdserverpb::cluster_server::Cluster;
@@ -39,6 +41,7 @@ impl ClusterService {
             }
         });
         let answers = futures::future::join_all(asks).await;
+        let learners = self.ctx.node.learners();
         let mut out = Vec::new();
         for (id, peer) in self.ctx.node.members() {
             if id == self.ctx.member_id {
@@ -47,7 +50,7 @@ impl ClusterService {
                     name: self.ctx.name.clone(),
                     peer_ur_ls: self.ctx.peer_urls.clone(),
                     client_ur_ls: self.ctx.client_urls.clone(),
-                    is_learner: false,
+                    is_learner: learners.contains(&id),
                 });
                 continue;
             }
@@ -57,30 +60,107 @@ impl ClusterService {
                 self.ctx.member_attrs.lock().expect("member attrs lock poisoned").insert(id, a.clone());
             }
             let (name, client_urls) = attrs.unwrap_or_default();
-            out.push(pb::Member { id, name, peer_ur_ls: vec![peer], client_ur_ls: client_urls, is_learner: false });
+            let is_learner = learners.contains(&id);
+            out.push(pb::Member { id, name, peer_ur_ls: vec![peer], client_ur_ls: client_urls, is_learner });
         }
         out
     }
 }
 
+/// etcd's default `--experimental-max-learners`.
+const MAX_LEARNERS: usize = 1;
+
+impl ClusterService {
+    /// Runs a membership change on the leader (here, or forwarded to it), then waits until
+    /// this member has applied it, so that the member list answered with it shows it.
+    async fn change(&self, change: MemberChange) -> Result<(), Status> {
+        let res = if self.ctx.node.is_leader() {
+            self.ctx.node.change_member(change).await
+        } else {
+            let body = self.ctx.call_leader(peer::method::MEMBER_CHANGE, peer::encode_member_change(&change)).await?;
+            peer::decode_member_change_result(&body)
+        };
+        match res {
+            Ok(()) => {
+                self.ctx.linearizable_barrier().await?;
+                Ok(())
+            }
+            Err(MemberChangeError::NotLeader) => Err(EtcdError::LeaderChanged.status()),
+            Err(MemberChangeError::NotFound) => Err(EtcdError::MemberNotFound.status()),
+            Err(MemberChangeError::Exists) => Err(EtcdError::MemberExist.status()),
+            Err(MemberChangeError::NotLearner) => Err(EtcdError::MemberNotLearner.status()),
+            Err(MemberChangeError::LearnerNotReady) => Err(EtcdError::LearnerNotReady.status()),
+            Err(MemberChangeError::Other(m)) => {
+                tracing::warn!(error = %m, "membership change failed");
+                Err(EtcdError::Timeout.status())
+            }
+        }
+    }
+
+    fn member_of(&self, id: u64, members: &[pb::Member]) -> Option<pb::Member> {
+        members.iter().find(|m| m.id == id).cloned()
+    }
+}
+
+/// etcd's peer URL check: absolute http(s) URLs with a host and port.
+fn valid_peer_urls(urls: &[String]) -> bool {
+    !urls.is_empty() && urls.iter().all(|u| crate::config::socket_addr(u).is_ok())
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(Status::unimplemented("member add is not implemented yet"))
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let r = request.into_inner();
+        if !valid_peer_urls(&r.peer_ur_ls) {
+            return Err(EtcdError::MemberBadUrls.status());
+        }
+        let mut urls = r.peer_ur_ls.clone();
+        urls.sort();
+        let current = self.members().await;
+        if current.iter().any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u))) {
+            return Err(EtcdError::PeerUrlExist.status());
+        }
+        if r.is_learner && current.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+            return Err(EtcdError::TooManyLearners.status());
+        }
+        // As etcd: derived from the peer URLs, the cluster and the time of the request.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let id = crate::fnv64(&[&urls.join(","), &format!("{:x}", self.ctx.cluster_id), &now.to_string()]).max(1);
+        let peer_url = urls.first().cloned().unwrap_or_default();
+        self.change(MemberChange::Add { id, peer_url, learner: r.is_learner }).await?;
+        let members = self.members().await;
+        let member = self.member_of(id, &members).map(|mut m| {
+            m.peer_ur_ls = r.peer_ur_ls.clone();
+            m
+        });
+        Ok(Response::new(pb::MemberAddResponse { header: Some(self.ctx.header(0)), member, members }))
     }
 
     async fn member_remove(
         &self,
-        _r: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented("member remove is not implemented yet"))
+        let r = request.into_inner();
+        self.change(MemberChange::Remove { id: r.id }).await?;
+        Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.ctx.header(0)), members: self.members().await }))
     }
 
     async fn member_update(
         &self,
-        _r: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented("member update is not implemented yet"))
+        let r = request.into_inner();
+        if !valid_peer_urls(&r.peer_ur_ls) {
+            return Err(EtcdError::MemberBadUrls.status());
+        }
+        let mut urls = r.peer_ur_ls.clone();
+        urls.sort();
+        let peer_url = urls.first().cloned().unwrap_or_default();
+        self.change(MemberChange::Update { id: r.id, peer_url }).await?;
+        Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.ctx.header(0)), members: self.members().await }))
     }
 
     async fn member_list(
@@ -99,8 +179,10 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _r: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented("member promote is not implemented yet"))
+        let r = request.into_inner();
+        self.change(MemberChange::Promote { id: r.id }).await?;
+        Ok(Response::new(pb::MemberPromoteResponse { header: Some(self.ctx.header(0)), members: self.members().await }))
     }
 }

@@ -118,6 +118,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // etcd's learner rule: a learner serves only Status, Snapshot and serializable
+        // Range (checked by the KV service); everything else is refused.
+        let path = req.uri().path();
+        if path.starts_with("/etcdserverpb.")
+            && !matches!(
+                path,
+                "/etcdserverpb.Maintenance/Status" | "/etcdserverpb.Maintenance/Snapshot" | "/etcdserverpb.KV/Range"
+            )
+            && self.node.is_learner()
+        {
+            let resp = EtcdError::NotSupportedForLearner.status().into_http::<Body>();
+            return Box::pin(async move { Ok(resp) });
+        }
         if requires_leader(req.headers()) && !self.node.has_leader() {
             let resp = EtcdError::NoLeader.status().into_http::<Body>();
             return Box::pin(async move { Ok(resp) });

@@ -74,7 +74,7 @@ pub const TONIC_SLACK_BYTES: usize = 16 << 20;
 pub const WATCH_MAX_PENDING_EVENTS: usize = 4096;
 
 /// FNV-1a, 64 bit: derives stable member and cluster IDs from the bootstrap flags.
-fn fnv64(parts: &[&str]) -> u64 {
+pub(crate) fn fnv64(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for p in parts {
         for b in p.bytes().chain(std::iter::once(0)) {
@@ -126,6 +126,49 @@ pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config, initial: &[(u64, String
     }
 }
 
+/// A member joining an existing cluster (added with MemberAdd first) learns its member ID
+/// and the cluster ID from a member listed in `--initial-cluster` that knows its peer URL,
+/// and keeps them in its data dir.
+async fn join_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
+    use cairn_raft::PeerTransport;
+    let mut mine = cfg.initial_advertise_peer_urls.clone();
+    mine.sort();
+    let my_url = mine.first().cloned().unwrap_or_default();
+    let others: Vec<String> = cfg
+        .initial_members()
+        .map_err(|e| e.0)?
+        .into_iter()
+        .filter(|(name, _)| *name != cfg.name)
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    let lookup = peer::GrpcTransport::new(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for url in &others {
+            let body = lookup
+                .call(url, peer::method::MEMBER_LOOKUP, my_url.clone().into_bytes(), Duration::from_secs(2))
+                .await;
+            if let Ok(b) = body {
+                if b.len() == 16 {
+                    let member = u64::from_le_bytes(b[..8].try_into().map_err(|_| "bad lookup answer")?);
+                    let cluster = u64::from_le_bytes(b[8..].try_into().map_err(|_| "bad lookup answer")?);
+                    let tmp = dir.join("ids.tmp");
+                    std::fs::write(&tmp, format!("{member:x} {cluster:x}\n")).map_err(|e| e.to_string())?;
+                    std::fs::rename(&tmp, dir.join("ids")).map_err(|e| e.to_string())?;
+                    tracing::info!(member_id = %format!("{member:x}"), cluster_id = %format!("{cluster:x}"), "joining an existing cluster");
+                    return Ok((member, cluster));
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no member of --initial-cluster knows a member with peer URL {my_url}: add it with `member add` first"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `--initial-cluster` as (member ID, first peer URL) per member.
 pub(crate) fn initial_member_ids(cfg: &Config) -> Result<Vec<(u64, String)>, String> {
     let members = cfg.initial_members().map_err(|e| e.0)?;
@@ -158,15 +201,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // The initial-cluster flags matter only at bootstrap; a member that has its IDs ignores
     // them, as etcd ignores them once the member is initialized.
     let bootstrapping = !member_dir.join("ids").exists();
-    let initial = if bootstrapping {
-        if cfg.initial_cluster_state == "existing" {
-            return Err("--initial-cluster-state=existing (joining a running cluster) is not supported yet".into());
-        }
-        initial_member_ids(&cfg)?
-    } else {
-        Vec::new()
-    };
-    let (member_id, cluster_id) = load_or_make_ids(&member_dir, &cfg, &initial)?;
+    let join = bootstrapping && cfg.initial_cluster_state == "existing";
+    let initial = if bootstrapping && !join { initial_member_ids(&cfg)? } else { Vec::new() };
+    let (member_id, cluster_id) =
+        if join { join_ids(&member_dir, &cfg).await? } else { load_or_make_ids(&member_dir, &cfg, &initial)? };
     let mut addrs = Vec::new();
     for u in &cfg.listen_client_urls {
         addrs.push(config::socket_addr(u).map_err(|e| e.to_string())?);
@@ -235,6 +273,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_count: cfg.snapshot_count,
             transport: transport.clone(),
+            join,
         })
         .await?,
     );
@@ -435,8 +474,35 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }));
         tracing::info!(address = %addr, "serving /metrics and /health");
     }
-    shutdown.await;
-    tracing::info!("received stop request, shutting down");
+    // A member removed from the cluster stops, as etcd's does.
+    let removed = {
+        let node = node.clone();
+        async move {
+            let mut was_member = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if node.is_removed() {
+                    return;
+                }
+                let members = node.members();
+                let member = members.iter().any(|(id, _)| *id == member_id);
+                if member {
+                    was_member = true;
+                } else if was_member && !members.is_empty() {
+                    return;
+                }
+            }
+        }
+    };
+    let mut outcome = Ok(());
+    tokio::select! {
+        _ = shutdown => tracing::info!("received stop request, shutting down"),
+        _ = removed => {
+            tracing::error!("the member has been permanently removed from the cluster; shutting down");
+            outcome = Err("the member has been permanently removed from the cluster".to_string());
+        }
+    }
     // A stopping member proposes no more revocations; the next leader (this member after a
     // restart) gives every lease its full TTL again.
     lessor_task.abort();
@@ -454,5 +520,5 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     node.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cairn_proto::cairnpeerpb as pb;
 use cairn_proto::cairnpeerpb::peer_client::PeerClient;
 use cairn_proto::cairnpeerpb::peer_server::Peer;
-use cairn_raft::{PeerError, PeerFuture, PeerTransport, RaftNode};
+use cairn_raft::{MemberChange, MemberChangeError, PeerError, PeerFuture, PeerTransport, RaftNode};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -98,6 +98,67 @@ pub mod method {
     pub const LEASE_RENEW: &str = "lease_renew";
     /// The leader's remaining TTL of a lease (TimeToLive on a follower): body the lease ID.
     pub const LEASE_REMAINING: &str = "lease_remaining";
+    /// A membership change, run by the leader ([`super::encode_member_change`]).
+    pub const MEMBER_CHANGE: &str = "member_change";
+    /// Which member has these peer URLs (a member joining an existing cluster asks):
+    /// body the sorted URLs joined by ","; answer member ID and cluster ID (16 bytes) or
+    /// nothing. Answered whatever the caller's cluster ID.
+    pub const MEMBER_LOOKUP: &str = "member_lookup";
+}
+
+pub fn encode_member_change(c: &MemberChange) -> Vec<u8> {
+    let (op, id, learner, url) = match c {
+        MemberChange::Add { id, peer_url, learner } => (1u8, *id, *learner, peer_url.as_str()),
+        MemberChange::Remove { id } => (2, *id, false, ""),
+        MemberChange::Promote { id } => (3, *id, false, ""),
+        MemberChange::Update { id, peer_url } => (4, *id, false, peer_url.as_str()),
+    };
+    let mut b = vec![op];
+    b.extend_from_slice(&id.to_le_bytes());
+    b.push(u8::from(learner));
+    b.extend_from_slice(url.as_bytes());
+    b
+}
+
+fn decode_member_change(b: &[u8]) -> Option<MemberChange> {
+    if b.len() < 10 {
+        return None;
+    }
+    let id = u64::from_le_bytes(b[1..9].try_into().ok()?);
+    let learner = b[9] != 0;
+    let peer_url = String::from_utf8(b[10..].to_vec()).ok()?;
+    Some(match b[0] {
+        1 => MemberChange::Add { id, peer_url, learner },
+        2 => MemberChange::Remove { id },
+        3 => MemberChange::Promote { id },
+        4 => MemberChange::Update { id, peer_url },
+        _ => return None,
+    })
+}
+
+pub fn encode_member_change_result(r: &Result<(), MemberChangeError>) -> Vec<u8> {
+    match r {
+        Ok(()) => vec![0],
+        Err(MemberChangeError::NotLeader) => vec![1],
+        Err(MemberChangeError::NotFound) => vec![2],
+        Err(MemberChangeError::Exists) => vec![3],
+        Err(MemberChangeError::NotLearner) => vec![4],
+        Err(MemberChangeError::LearnerNotReady) => vec![5],
+        Err(MemberChangeError::Other(m)) => [&[6u8][..], m.as_bytes()].concat(),
+    }
+}
+
+pub fn decode_member_change_result(b: &[u8]) -> Result<(), MemberChangeError> {
+    match b {
+        [0] => Ok(()),
+        [1] => Err(MemberChangeError::NotLeader),
+        [2] => Err(MemberChangeError::NotFound),
+        [3] => Err(MemberChangeError::Exists),
+        [4] => Err(MemberChangeError::NotLearner),
+        [5] => Err(MemberChangeError::LearnerNotReady),
+        [6, m @ ..] => Err(MemberChangeError::Other(String::from_utf8_lossy(m).into_owned())),
+        _ => Err(MemberChangeError::Other("undecodable member change answer".into())),
+    }
 }
 
 /// Serves the peer protocol of this member.
@@ -138,6 +199,19 @@ fn lease_id(body: &[u8]) -> Result<i64, Status> {
 impl Peer for PeerService {
     async fn call(&self, request: Request<pb::PeerRequest>) -> Result<Response<pb::PeerResponse>, Status> {
         let req = request.into_inner();
+        if req.method == method::MEMBER_LOOKUP {
+            let Some(node) = self.node.get() else {
+                return Err(Status::unavailable("member is starting"));
+            };
+            let want = String::from_utf8_lossy(&req.body).into_owned();
+            let body = node
+                .members()
+                .into_iter()
+                .find(|(_, url)| *url == want)
+                .map(|(id, _)| [id.to_le_bytes(), self.cluster_id.to_le_bytes()].concat())
+                .unwrap_or_default();
+            return Ok(Response::new(pb::PeerResponse { body: body.into() }));
+        }
         if req.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "cluster ID mismatch: this member is in {:x}, the sender in {:x}",
@@ -146,6 +220,14 @@ impl Peer for PeerService {
         }
         let body = match req.method.as_str() {
             method::MEMBER_ATTRS => encode_attrs(&self.name, &self.client_urls),
+            method::MEMBER_CHANGE => {
+                let Some(node) = self.node.get() else {
+                    return Err(Status::unavailable("member is starting"));
+                };
+                let change = decode_member_change(&req.body)
+                    .ok_or_else(|| Status::invalid_argument("undecodable member change"))?;
+                encode_member_change_result(&node.change_member(change).await)
+            }
             method::LEASE_RENEW | method::LEASE_REMAINING => {
                 let id = lease_id(&req.body)?;
                 let Some(lessor) = self.lessor.get() else {

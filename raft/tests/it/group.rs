@@ -64,6 +64,7 @@ async fn start_group(dirs: &[tempfile::TempDir], mesh: &Arc<Mesh>) -> Vec<Arc<Ra
                 election_timeout_ms: 500,
                 snapshot_count: 100_000,
                 transport: Arc::new(Link { mesh: mesh.clone(), from: url.clone() }),
+                join: false,
             })
             .await
             .expect("start"),

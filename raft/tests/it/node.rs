@@ -16,6 +16,7 @@ fn config(dir: &std::path::Path) -> NodeConfig {
         election_timeout_ms: 1000,
         snapshot_count: 100_000,
         transport: Arc::new(cairn_raft::NoPeers),
+        join: false,
     }
 }
 
