@@ -587,7 +587,10 @@ impl RaftNode {
 
     /// Whether this member is a learner.
     pub fn is_learner(&self) -> bool {
-        self.learners().contains(&self.member_id)
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let is = m.membership_config.membership().learner_ids().any(|l| l == self.member_id);
+        is
     }
 
     /// Changes the membership; only on the leader (the server forwards to it). Adding a
