@@ -9,7 +9,8 @@
 //!   each operation bounded by [`OP_TIMEOUT`]. On [`KEYS`] keys they mix linearizable gets,
 //!   puts of unique values, compare-and-set (`txn` "value == last value this client saw"
 //!   then put a unique value) and a few deletes. A write that errs or times out is
-//!   indeterminate (it may have taken effect); a read that errs is dropped.
+//!   indeterminate (it may have taken effect), except when the connection could not be made
+//!   (then it was never sent); a read that errs is dropped.
 //! - The nemesis, one fault at a time with a calm gap between: kill -9 the leader then restart
 //!   it; kill -9 a follower then restart it; SIGSTOP a member for 1-3 s then SIGCONT. No
 //!   network partitions (no iptables on the test machines).
@@ -28,6 +29,11 @@
 //! CAIRN_JEPSEN_SECS=600 cargo test -p cairn-tests --test it jepsen -- --nocapture   # a 10-minute soak
 //! ```
 //!
+//! `CAIRN_JEPSEN_SERIALIZABLE_READS=1` makes the gets serializable (answered from the member's
+//! own state, which may be stale): then the test is expected to FAIL, on etcd too, whenever a
+//! paused or restarted member serves a read before catching up. That checks the test can
+//! see a violation at all.
+//!
 //! A soak records more indeterminate writes, which makes the search harder: a key whose
 //! search exhausts its budget is reported as "unknown", which fails the test with that word
 //! rather than passing or claiming a violation. A failing history is written in full to a
@@ -41,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::harness::{subject_kind, Cluster, ClusterOptions};
 use cairn_tests::linearizability::{check, Call, End, Limits, Op, Ret};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -100,11 +106,15 @@ async fn linearizable_under_faults() {
     stop.store(true, Ordering::Relaxed);
     let mut history = Vec::new();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refused: BTreeMap<&'static str, usize> = BTreeMap::new();
     for c in clients {
-        let (ops, errs) = c.await.expect("a client task");
-        history.extend(ops);
-        for (e, n) in errs {
+        let log = c.await.expect("a client task");
+        history.extend(log.ops);
+        for (e, n) in log.errors {
             *errors.entry(e).or_default() += n;
+        }
+        for (e, n) in log.refused {
+            *refused.entry(e).or_default() += n;
         }
     }
     let ran_for = origin.elapsed();
@@ -113,7 +123,7 @@ async fn linearizable_under_faults() {
     for e in &events {
         println!("    {e}");
     }
-    let counts = Counts::of(&history);
+    let counts = Counts::of(&history, refused);
     println!("jepsen: {} operations in {:.1}s:\n{counts}", history.len(), ran_for.as_secs_f64());
     println!("jepsen: errors, by operation type and message:");
     for (e, n) in &errors {
@@ -158,24 +168,28 @@ async fn linearizable_under_faults() {
 
 // ================================================================ clients
 
-/// One client: operations until `stop`, recorded with times measured from `origin`, and how
-/// many times each error (by operation type and message) was seen.
-async fn run_client(
-    id: usize,
-    endpoint: String,
-    origin: Instant,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-) -> (Vec<Op>, BTreeMap<String, usize>) {
+/// What one client did.
+#[derive(Default)]
+struct ClientLog {
+    /// Its operations, for the checker.
+    ops: Vec<Op>,
+    /// How many times each error was seen, by operation type and message.
+    errors: BTreeMap<String, usize>,
+    /// Operations per type that certainly did not reach the server (left out of `ops`).
+    refused: BTreeMap<&'static str, usize>,
+}
+
+/// One client: operations until `stop`, recorded with times measured from `origin`.
+async fn run_client(id: usize, endpoint: String, origin: Instant, seed: u64, stop: Arc<AtomicBool>) -> ClientLog {
     let options = ConnectOptions::new().with_connect_timeout(OP_TIMEOUT).with_timeout(OP_TIMEOUT);
     let mut client = Client::connect([endpoint.as_str()], Some(options))
         .await
         .unwrap_or_else(|e| panic!("client {id}: connecting to {endpoint}: {e}"));
     let mut rng = StdRng::seed_from_u64(seed);
+    let serializable = std::env::var("CAIRN_JEPSEN_SERIALIZABLE_READS").is_ok_and(|v| v == "1");
     // The last value this client saw per key: the expected value of its compare-and-sets.
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let mut history = Vec::new();
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut log = ClientLog::default();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let key = format!("jepsen/{}", rng.gen_range(0..KEYS));
@@ -190,7 +204,7 @@ async fn run_client(
             _ => Call::Delete,
         };
         let invoke = origin.elapsed();
-        let result = tokio::time::timeout(OP_TIMEOUT, execute(&mut client, &key, &call)).await;
+        let result = tokio::time::timeout(OP_TIMEOUT, execute(&mut client, &key, &call, serializable)).await;
         let at = origin.elapsed();
         let end = match result {
             Ok(Ok(ret)) => {
@@ -207,23 +221,35 @@ async fn run_client(
             }
             // A timeout or an error: a write may have taken effect; a read is dropped by the checker.
             Ok(Err(e)) => {
-                *errors.entry(format!("{}: {}", call.name(), error_text(&e))).or_default() += 1;
+                *log.errors.entry(format!("{}: {}", call.name(), error_text(&e))).or_default() += 1;
+                if never_sent(&e) {
+                    // Certainly no effect: left out of the history, like a failed read.
+                    *log.refused.entry(call.name()).or_default() += 1;
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    continue;
+                }
                 End::Unknown
             }
             Err(_) => {
-                *errors
+                *log.errors
                     .entry(format!("{}: no answer within {OP_TIMEOUT:?} (local timeout)", call.name()))
                     .or_default() += 1;
                 End::Unknown
             }
         };
         let failed = end == End::Unknown;
-        history.push(Op { client: id, key, call, invoke, end });
+        log.ops.push(Op { client: id, key, call, invoke, end });
         if failed {
             tokio::time::sleep(ERROR_BACKOFF).await;
         }
     }
-    (history, errors)
+    log
+}
+
+/// Whether the request certainly did not reach the server: the TCP connection could not be
+/// made (tonic reports `Unavailable` "tcp connect error" before writing anything).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable && s.message() == "tcp connect error")
 }
 
 /// An error's message without what varies between occurrences (e.g. addresses).
@@ -249,11 +275,12 @@ impl CallName for Call {
     }
 }
 
-async fn execute(client: &mut Client, key: &str, call: &Call) -> Result<Ret, etcd_client::Error> {
+async fn execute(client: &mut Client, key: &str, call: &Call, serializable: bool) -> Result<Ret, etcd_client::Error> {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok(match call {
         Call::Get => {
-            let r = client.get(key, None).await?;
+            let options = serializable.then(|| GetOptions::new().with_serializable());
+            let r = client.get(key, options).await?;
             Ret::Get(r.kvs().first().map(|kv| text(kv.value())))
         }
         Call::Put { value } => {
@@ -361,11 +388,13 @@ fn timeline(history: &[Op], ran_for: Duration) -> String {
 struct Counts {
     /// Per type: (returned, of which the "positive" answer, errored or timed out).
     by_type: BTreeMap<&'static str, (usize, usize, usize)>,
+    /// Per type: refused before being sent (no connection).
+    refused: BTreeMap<&'static str, usize>,
 }
 
 impl Counts {
-    fn of(history: &[Op]) -> Counts {
-        let mut counts = Counts::default();
+    fn of(history: &[Op], refused: BTreeMap<&'static str, usize>) -> Counts {
+        let mut counts = Counts { refused, ..Counts::default() };
         for o in history {
             let entry = counts.by_type.entry(o.call.name()).or_default();
             match &o.end {
@@ -400,9 +429,26 @@ impl Counts {
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (g, p, c, d) = (self.get("get"), self.get("put"), self.get("cas"), self.get("delete"));
-        writeln!(f, "    get:    {} ok ({} found a value), {} failed (dropped)", g.0, g.1, g.2)?;
-        writeln!(f, "    put:    {} ok, {} indeterminate", p.0, p.2)?;
-        writeln!(f, "    cas:    {} ok ({} succeeded, {} compare failed), {} indeterminate", c.0, c.1, c.0 - c.1, c.2)?;
-        write!(f, "    delete: {} ok ({} existed), {} indeterminate", d.0, d.1, d.2)
+        let refused = |name: &str| self.refused.get(name).copied().unwrap_or_default();
+        writeln!(f, "    (refused = no connection, never sent, no effect)")?;
+        writeln!(
+            f,
+            "    get:    {} ok ({} found a value), {} failed (dropped), {} refused",
+            g.0,
+            g.1,
+            g.2,
+            refused("get")
+        )?;
+        writeln!(f, "    put:    {} ok, {} indeterminate, {} refused", p.0, p.2, refused("put"))?;
+        writeln!(
+            f,
+            "    cas:    {} ok ({} succeeded, {} compare failed), {} indeterminate, {} refused",
+            c.0,
+            c.1,
+            c.0 - c.1,
+            c.2,
+            refused("cas")
+        )?;
+        write!(f, "    delete: {} ok ({} existed), {} indeterminate, {} refused", d.0, d.1, d.2, refused("delete"))
     }
 }
