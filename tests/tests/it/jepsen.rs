@@ -320,7 +320,8 @@ async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, durat
         tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
         let at = origin.elapsed();
         let fault = rng.gen_range(0..3);
-        let leader = if fault == 2 { None } else { cluster.leader_within(LEADER_LOOKUP).await };
+        // Looked up for a pause too, only to say in the log which role was paused.
+        let leader = cluster.leader_within(LEADER_LOOKUP).await;
         let what = match (fault, leader) {
             (0, Some(leader)) | (1, Some(leader)) => {
                 let victim = if fault == 0 {
@@ -342,8 +343,12 @@ async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, durat
                 cluster.pause(victim);
                 tokio::time::sleep(paused).await;
                 cluster.resume(victim);
-                let note = if fault == 2 { "" } else { " (no agreed leader found for a kill)" };
-                format!("SIGSTOP n{} for {:.1}s, SIGCONT{note}", victim + 1, paused.as_secs_f64())
+                let role = match leader {
+                    Some(l) if l == victim => "leader",
+                    Some(_) => "follower",
+                    None => "member (no agreed leader found)",
+                };
+                format!("SIGSTOP {role} n{} for {:.1}s, SIGCONT", victim + 1, paused.as_secs_f64())
             }
         };
         events.push(Event { at, what, took: origin.elapsed() - at });
