@@ -12,8 +12,10 @@
 //!   indeterminate (it may have taken effect), except when the connection could not be made
 //!   (then it was never sent); a read that errs is dropped.
 //! - The nemesis, one fault at a time with a calm gap between: kill -9 the leader then restart
-//!   it; kill -9 a follower then restart it; SIGSTOP a member for 1-3 s then SIGCONT. No
-//!   network partitions (no iptables on the test machines).
+//!   it; kill -9 a follower then restart it; SIGSTOP a member for 1-3 s then SIGCONT; more
+//!   rarely kill -9 the leader and a follower (quorum lost) or every member, then restart
+//!   them together (acknowledged writes must survive). No network partitions (no iptables on
+//!   the test machines).
 //! - Afterwards: every member is running and continued, the clients go on for [`SETTLE`] on
 //!   the healed cluster, then the history of each key is checked on its own.
 //!
@@ -319,7 +321,15 @@ async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, durat
     while origin.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
         let at = origin.elapsed();
-        let fault = rng.gen_range(0..3);
+        // 0: the leader crashes, 1: a follower crashes, 2: a pause, 3: the leader and a follower
+        // crash (quorum lost), 4: every member crashes. The last two are rarer.
+        let fault = match rng.gen_range(0..10) {
+            0..3 => 0,
+            3..5 => 1,
+            5..8 => 2,
+            8 => 3,
+            _ => 4,
+        };
         // Looked up for a pause too, only to say in the log which role was paused.
         let leader = cluster.leader_within(LEADER_LOOKUP).await;
         let what = match (fault, leader) {
@@ -336,6 +346,23 @@ async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, durat
                 cluster.restart(victim).await;
                 let role = if victim == leader { "leader" } else { "follower" };
                 format!("kill -9 {role} n{} for {:.1}s, restarted", victim + 1, down.as_secs_f64())
+            }
+            (3, Some(leader)) | (4, Some(leader)) => {
+                let victims: Vec<usize> = if fault == 4 {
+                    (0..cluster.size()).collect()
+                } else {
+                    let others = cluster.others(leader);
+                    vec![leader, others[rng.gen_range(0..others.len())]]
+                };
+                let down = Duration::from_millis(rng.gen_range(200..2000));
+                for &v in &victims {
+                    cluster.kill9(v);
+                }
+                tokio::time::sleep(down).await;
+                cluster.restart_together(&victims).await;
+                let names: Vec<String> = victims.iter().map(|v| format!("n{}", v + 1)).collect();
+                let which = if fault == 4 { "every member" } else { "leader and a follower" };
+                format!("kill -9 {which} ({}) for {:.1}s, restarted together", names.join(" "), down.as_secs_f64())
             }
             _ => {
                 let victim = rng.gen_range(0..cluster.size());
