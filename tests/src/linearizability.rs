@@ -782,7 +782,6 @@ mod tests {
     #[test]
     fn two_cas_succeeding_from_the_same_value_is_a_violation() {
         let text = assert_violation(&[put(0, "a", 0, 1), cas(1, "a", "b", true, 2, 10), cas(2, "a", "c", true, 3, 11)]);
-        println!("{text}");
         assert!(text.contains("it succeeded, which needs the value \"a\""), "{text}");
         // Concurrent CASes: one may fail.
         assert_ok(&[put(0, "a", 0, 1), cas(1, "a", "b", true, 2, 10), cas(2, "a", "c", false, 3, 11)]);
