@@ -234,13 +234,6 @@ impl Cluster {
         }
     }
 
-    /// Starts member `i` again (it must not be running) without waiting: for a member that
-    /// cannot be ready alone (no quorum yet). Follow with [`Cluster::wait_ready`].
-    pub fn spawn(&mut self, i: usize) {
-        assert!(!self.members[i].is_running(), "{}: spawn() but it is running", self.members[i]);
-        self.members[i].spawn();
-    }
-
     /// Waits until member `i` serves a linearizable read. Panics if it does not in time.
     pub async fn wait_ready(&mut self, i: usize) {
         if let Err(e) = self.members[i].wait_ready().await {
