@@ -504,7 +504,7 @@ const CRASH_READS_PER_MEMBER: usize = 5;
 /// linearizable gets; every get that succeeds must return the acknowledged value (nothing
 /// else was written). Afterwards the value must still be there (else the write was lost, not
 /// just read stale) and a new put must get a higher revision. The window is narrow (the first
-/// moments after the restart): this reproduced the stale read in 1 round of about 170 so far.
+/// moments after the restart): this reproduced the stale read in 2 rounds of about 200 so far.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_write_is_read_after_whole_cluster_crash() {
     let _one = crate::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
