@@ -10,6 +10,9 @@
 //!   through the `etcd-client` crate, responses normalised field by field
 //!   ([`diff::Outcome`]), scripts of named steps, and [`diff::run_differential`] which runs
 //!   one script against a fresh etcd and a fresh server under test and diffs the transcripts.
+//! - [`linearizability`]: a linearizability checker for key-value histories (per-key
+//!   registers with put, get, compare-and-set and delete; indeterminate writes), used by the
+//!   Jepsen-style fault test.
 //!
 //! Environment variables:
 //! - `CAIRN_ETCD_BIN_DIR`: directory holding `etcd` and `etcdctl` (default
@@ -22,4 +25,5 @@
 
 pub mod diff;
 pub mod harness;
+pub mod linearizability;
 pub mod watch_util;

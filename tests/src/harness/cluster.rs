@@ -6,7 +6,8 @@
 //! new` and a token unique to the cluster. All processes are spawned before any is waited for:
 //! a member serves a linearizable read only once a quorum is up.
 //!
-//! Faults: [`Cluster::kill9`] (crash), [`Cluster::stop`] (SIGTERM), [`Cluster::pause`] /
+//! Faults: [`Cluster::kill9`] (crash), [`Cluster::stop`] (SIGTERM), [`Cluster::restart`] and
+//! [`Cluster::restart_together`] (after a loss of quorum), [`Cluster::pause`] /
 //! [`Cluster::resume`] (SIGSTOP / SIGCONT: a hung member that keeps its sockets open). Dropping
 //! the cluster continues every paused process and kills every process (by pid, through each
 //! [`Server`]'s drop), so none outlives the test.
@@ -213,6 +214,31 @@ impl Cluster {
     /// linearizable read (which needs a quorum, including itself caught up to the read index).
     pub async fn restart(&mut self, i: usize) {
         self.members[i].restart().await;
+    }
+
+    /// Starts the members `which` again, on their data dirs and ports, all at once, then waits
+    /// until each serves a linearizable read: the restart after a loss of quorum (several
+    /// members crashed), where no member is ready until enough of them run. Running members
+    /// among them are first stopped with SIGTERM. Panics if one is not ready in time.
+    pub async fn restart_together(&mut self, which: &[usize]) {
+        for &i in which {
+            if self.members[i].is_running() {
+                self.members[i].stop();
+            }
+        }
+        for &i in which {
+            self.members[i].spawn();
+        }
+        for &i in which {
+            self.wait_ready(i).await;
+        }
+    }
+
+    /// Waits until member `i` serves a linearizable read. Panics if it does not in time.
+    pub async fn wait_ready(&mut self, i: usize) {
+        if let Err(e) = self.members[i].wait_ready().await {
+            panic!("{e}");
+        }
     }
 
     /// Stops member `i` with SIGSTOP (see [`Server::pause`]).

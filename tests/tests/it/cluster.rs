@@ -40,8 +40,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-/// Clusters of this module run one at a time (see the module doc).
-static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Clusters of this module run one at a time (see the module doc); `jepsen` takes it too.
+pub(crate) static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The metadata key and value of clientv3's `WithRequireLeader` (etcd's
 /// `rpctypes.MetadataRequireLeaderKey` / `MetadataHasLeader`).

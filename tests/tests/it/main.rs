@@ -5,6 +5,9 @@
 //! - `cluster`: 3-member clusters of etcd and of Cairn running the same scenarios: reads and
 //!   watches across members, `hasleader` (require-leader) streams when a follower loses its
 //!   quorum, leader kill -9 and catch-up, a lagging member, member list, leases via followers.
+//! - `jepsen`: linearizability of a 3-member cluster under crashes and pauses of members,
+//!   concurrent clients' histories checked by `cairn_tests::linearizability`; reads right
+//!   after a whole-cluster crash.
 //! - `harness`: the test harness itself, against real etcd (start, kill -9, restart, stop).
 //! - `differential`: the same KV requests against real etcd 3.5.1 and Cairn, compared
 //!   field by field.
@@ -29,6 +32,7 @@ mod differential;
 mod etcdctl;
 mod harness;
 mod http;
+mod jepsen;
 mod lease;
 mod lock;
 mod maintenance;
