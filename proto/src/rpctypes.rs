@@ -121,7 +121,8 @@ etcd_errors! {
     TimeoutWaitAppliedIndex => (ErrGRPCTimeoutWaitAppliedIndex, Unavailable, "etcdserver: request timed out, waiting for the applied index took too long"),
     Unhealthy => (ErrGRPCUnhealthy, Unavailable, "etcdserver: unhealthy cluster"),
     Corrupt => (ErrGRPCCorrupt, DataLoss, "etcdserver: corrupt cluster"),
-    NotSupportedForLearner => (ErrGRPCNotSupportedForLearner, FailedPrecondition, "etcdserver: rpc not supported for learner"),
+    // Unavailable in etcd 3.5 (checked against 3.5.1); FailedPrecondition from 3.6 (etcd#12985).
+    NotSupportedForLearner => (ErrGRPCNotSupportedForLearner, Unavailable, "etcdserver: rpc not supported for learner"),
     BadLeaderTransferee => (ErrGRPCBadLeaderTransferee, FailedPrecondition, "etcdserver: bad leader transferee"),
     WrongDowngradeVersionFormat => (ErrGRPCWrongDowngradeVersionFormat, InvalidArgument, "etcdserver: wrong downgrade target version format"),
     InvalidDowngradeTargetVersion => (ErrGRPCInvalidDowngradeTargetVersion, InvalidArgument, "etcdserver: invalid downgrade target version"),
@@ -212,7 +213,7 @@ mod tests {
             (EtcdError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
             (EtcdError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
             (EtcdError::NotCapable, Code::FailedPrecondition, "etcdserver: not capable"),
-            (EtcdError::NotSupportedForLearner, Code::FailedPrecondition, "etcdserver: rpc not supported for learner"),
+            (EtcdError::NotSupportedForLearner, Code::Unavailable, "etcdserver: rpc not supported for learner"),
             (EtcdError::InvalidAuthToken, Code::Unauthenticated, "etcdserver: invalid auth token"),
             (EtcdError::PeerUrlExist, Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
             (EtcdError::Corrupt, Code::DataLoss, "etcdserver: corrupt cluster"),

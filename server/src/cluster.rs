@@ -158,6 +158,11 @@ impl Cluster for ClusterService {
         }
         let mut urls = r.peer_ur_ls.clone();
         urls.sort();
+        // etcd: another member's peer URL cannot be taken (the member itself may keep its own).
+        let current = self.members().await;
+        if current.iter().any(|m| m.id != r.id && m.peer_ur_ls.iter().any(|u| urls.contains(u))) {
+            return Err(EtcdError::PeerUrlExist.status());
+        }
         let peer_url = urls.first().cloned().unwrap_or_default();
         self.change(MemberChange::Update { id: r.id, peer_url }).await?;
         Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.ctx.header(0)), members: self.members().await }))

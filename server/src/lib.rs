@@ -236,11 +236,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             name: cfg.name.clone(),
             client_urls: cfg.advertise_client_urls.clone(),
         };
-        let router = tonic::transport::Server::builder().add_service(
-            PeerServer::new(service)
-                .max_decoding_message_size(peer::MAX_PEER_MESSAGE)
-                .max_encoding_message_size(peer::MAX_PEER_MESSAGE),
-        );
+        // Peer calls cancelled by their deadlines reset their streams; h2's default limit
+        // (20 pending resets) would then close the connection between two members under
+        // load (seen in the Jepsen soak).
+        let router =
+            tonic::transport::Server::builder().http2_max_pending_accept_reset_streams(Some(4096)).add_service(
+                PeerServer::new(service)
+                    .max_decoding_message_size(peer::MAX_PEER_MESSAGE)
+                    .max_encoding_message_size(peer::MAX_PEER_MESSAGE),
+            );
         let mut stop = stop_tx.subscribe();
         let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
             s.and_then(|s| {

@@ -170,7 +170,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: s.applied_index,
             errors,
             db_size_in_use: in_use,
-            is_learner: false,
+            is_learner: self.ctx.node.is_learner(),
             db_size_quota: self.ctx.quota_backend_bytes as i64,
             downgrade_info: Some(pb::DowngradeInfo {
                 enabled: downgrade.is_some(),
