@@ -13,6 +13,10 @@
 //! the peer URLs and token), so transcripts name members (`n1`..`n4`) and URLs by member
 //! (`<n4 peer>`, `<n2 client>`). Which member leads differs too: a request whose answer may
 //! depend on it is sent through the leader and through a follower, named by role.
+//!
+//! etcd's strict reconfiguration check refuses MemberAdd and MemberRemove ("unhealthy
+//! cluster", "not enough started members") until the receiving member has been connected to
+//! the voters for 5 s; those requests are retried and only their final answer is recorded.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
