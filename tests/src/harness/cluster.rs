@@ -335,3 +335,86 @@ impl Drop for Cluster {
         }
     }
 }
+
+// ================================================================ joining members
+
+/// How long [`Cluster::wait_serving`] polls a member with serializable reads.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Cluster {
+    /// Prepares member `n{size+1}` to join this running cluster and returns its index; it is
+    /// not started. It gets fresh ports, the cluster's token and extra flags with
+    /// `--initial-cluster-state existing`, and `--initial-cluster` = every member of this
+    /// harness plus itself, as `etcdctl member add` prints it (so call this before any member is
+    /// removed from the cluster).
+    ///
+    /// The caller adds its [`Server::peer_url`] with MemberAdd (voter or learner) first — etcd
+    /// refuses to start a member the cluster does not know — then starts it with
+    /// [`Cluster::spawn_member`] and waits with [`Cluster::wait_serving`].
+    pub fn add_joining_member(&mut self) -> usize {
+        let first = self.members.first().expect("a cluster has at least one member").options().clone();
+        let mut extra_args = first.extra_args;
+        let state = extra_args
+            .iter()
+            .position(|a| a == "--initial-cluster-state")
+            .expect("cluster members are started with --initial-cluster-state");
+        extra_args[state + 1] = "existing".to_string();
+        let options = ServerOptions {
+            name: format!("n{}", self.members.len() + 1),
+            extra_args,
+            ready_timeout: first.ready_timeout,
+            initial_cluster: None,
+        };
+        let mut joining = Server::unstarted(self.kind, options, free_port(), free_port());
+        let initial_cluster = self
+            .members
+            .iter()
+            .chain(std::iter::once(&joining))
+            .map(|m| format!("{}={}", m.name(), m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        joining.set_initial_cluster(initial_cluster);
+        self.members.push(joining);
+        self.members.len() - 1
+    }
+
+    /// Starts the process of member `i` (prepared by [`Cluster::add_joining_member`], or after
+    /// [`Cluster::kill9`]) without waiting for anything.
+    pub fn spawn_member(&mut self, i: usize) {
+        self.members[i].spawn();
+    }
+
+    /// Polls member `i` with a serializable get until it answers one: a learner refuses
+    /// linearizable reads, so this is readiness for a joining member. Panics (with its log tail)
+    /// if the process exits or it does not answer within 30 s.
+    pub async fn wait_serving(&mut self, i: usize) {
+        let deadline = Instant::now() + SERVING_TIMEOUT;
+        let endpoint = self.members[i].endpoint();
+        let mut last_error = String::from("no attempt yet");
+        loop {
+            assert!(
+                self.members[i].is_running(),
+                "{}: exited before serving (last client error: {last_error})\n{}",
+                self.members[i],
+                self.members[i].log_tail(60)
+            );
+            let attempt = async {
+                let mut c = connect(&endpoint).await.map_err(|e| format!("connect: {e}"))?;
+                let options = etcd_client::GetOptions::new().with_serializable();
+                c.get("cairn-tests/readiness-probe", Some(options)).await.map_err(|e| format!("get: {e}"))
+            };
+            match tokio::time::timeout(STATUS_TIMEOUT * 2, attempt).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => last_error = e,
+                Err(_) => last_error = "timed out".to_string(),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no serializable read within {SERVING_TIMEOUT:?} (last client error: {last_error})\n{}",
+                self.members[i],
+                self.members[i].log_tail(60)
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}

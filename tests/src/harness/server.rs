@@ -199,6 +199,11 @@ impl Server {
         &self.options.name
     }
 
+    /// The options it was created with (flags, initial cluster, ready timeout).
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
     /// The client port on 127.0.0.1.
     pub fn client_port(&self) -> u16 {
         self.client_port

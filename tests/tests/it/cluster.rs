@@ -55,7 +55,7 @@ const FAILOVER: Duration = Duration::from_secs(15);
 
 /// Runs `scenario` on a fresh etcd cluster, then on a fresh cluster of the server under test,
 /// and compares the transcripts line by line. Returns both transcripts' (equal) lines.
-async fn differential<F>(name: &str, options: ClusterOptions, scenario: F) -> Vec<String>
+pub(crate) async fn differential<F>(name: &str, options: ClusterOptions, scenario: F) -> Vec<String>
 where
     F: AsyncFn(&mut Cluster) -> Vec<String>,
 {

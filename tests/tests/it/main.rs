@@ -22,6 +22,9 @@
 //! - `http`: HTTP on the client port: the JSON gateway compared with etcd, gateway watch
 //!   streams, /health /version /livez, the metrics listener, /metrics, and the Python
 //!   `etcd3` and `etcd3gw` clients.
+//! - `membership`: MemberAdd (learner), a member joining a running cluster, learner refusals,
+//!   MemberPromote, MemberList, MemberRemove (the removed member exits) and MemberUpdate,
+//!   compared with a 3-member etcd cluster.
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
@@ -36,4 +39,5 @@ mod jepsen;
 mod lease;
 mod lock;
 mod maintenance;
+mod membership;
 mod watch;
