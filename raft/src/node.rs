@@ -607,6 +607,15 @@ impl RaftNode {
         self.removed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether this member votes. A member that does not (a learner, or one that has not yet
+    /// seen a membership with itself) serves only what a learner serves.
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let is = m.membership_config.membership().voter_ids().any(|v| v == self.member_id);
+        is
+    }
+
     /// Whether this member is a learner.
     pub fn is_learner(&self) -> bool {
         let m = self.raft.metrics();

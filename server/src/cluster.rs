@@ -97,6 +97,25 @@ impl ClusterService {
         }
     }
 
+    /// etcd's checks of the peer URLs of a member being added (`id` None) or updated: valid
+    /// URLs, none taken by another member. Returns the current members and the URLs sorted.
+    async fn check_peer_urls(
+        &self,
+        id: Option<u64>,
+        urls: &[String],
+    ) -> Result<(Vec<pb::Member>, Vec<String>), Status> {
+        if !valid_peer_urls(urls) {
+            return Err(EtcdError::MemberBadUrls.status());
+        }
+        let mut urls = urls.to_vec();
+        urls.sort();
+        let current = self.members().await;
+        if current.iter().any(|m| Some(m.id) != id && m.peer_ur_ls.iter().any(|u| urls.contains(u))) {
+            return Err(EtcdError::PeerUrlExist.status());
+        }
+        Ok((current, urls))
+    }
+
     fn member_of(&self, id: u64, members: &[pb::Member]) -> Option<pb::Member> {
         members.iter().find(|m| m.id == id).cloned()
     }
@@ -114,15 +133,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let r = request.into_inner();
-        if !valid_peer_urls(&r.peer_ur_ls) {
-            return Err(EtcdError::MemberBadUrls.status());
-        }
-        let mut urls = r.peer_ur_ls.clone();
-        urls.sort();
-        let current = self.members().await;
-        if current.iter().any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u))) {
-            return Err(EtcdError::PeerUrlExist.status());
-        }
+        let (current, urls) = self.check_peer_urls(None, &r.peer_ur_ls).await?;
         if r.is_learner && current.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
             return Err(EtcdError::TooManyLearners.status());
         }
@@ -153,16 +164,8 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let r = request.into_inner();
-        if !valid_peer_urls(&r.peer_ur_ls) {
-            return Err(EtcdError::MemberBadUrls.status());
-        }
-        let mut urls = r.peer_ur_ls.clone();
-        urls.sort();
         // etcd: another member's peer URL cannot be taken (the member itself may keep its own).
-        let current = self.members().await;
-        if current.iter().any(|m| m.id != r.id && m.peer_ur_ls.iter().any(|u| urls.contains(u))) {
-            return Err(EtcdError::PeerUrlExist.status());
-        }
+        let (_, urls) = self.check_peer_urls(Some(r.id), &r.peer_ur_ls).await?;
         let peer_url = urls.first().cloned().unwrap_or_default();
         self.change(MemberChange::Update { id: r.id, peer_url }).await?;
         Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.ctx.header(0)), members: self.members().await }))

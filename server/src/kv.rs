@@ -29,7 +29,7 @@ impl Kv for KvService {
         validate::check_range(&dreq).map_err(|e| status::request_error(&e))?;
         self.ctx.authz.check_range(&md, &dreq.key, &dreq.range_end)?;
         if !r.serializable {
-            if self.ctx.node.is_learner() {
+            if !self.ctx.node.is_voter() {
                 return Err(cairn_proto::rpctypes::EtcdError::NotSupportedForLearner.status());
             }
             self.ctx.linearizable_barrier().await?;

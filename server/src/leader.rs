@@ -126,7 +126,7 @@ where
                 path,
                 "/etcdserverpb.Maintenance/Status" | "/etcdserverpb.Maintenance/Snapshot" | "/etcdserverpb.KV/Range"
             )
-            && self.node.is_learner()
+            && !self.node.is_voter()
         {
             let resp = EtcdError::NotSupportedForLearner.status().into_http::<Body>();
             return Box::pin(async move { Ok(resp) });

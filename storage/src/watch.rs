@@ -90,6 +90,15 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// Drops the queue: the watcher replays from storage from `next_rev` (nothing it was
+    /// given is given again; `next_rev` moves only when events are taken).
+    fn unsync(&mut self) {
+        self.synced = false;
+        self.pending.clear();
+        self.pending_events = 0;
+        self.pending_bytes = 0;
+    }
+
     /// A progress notification at `published` is true for this watcher: it is synced, has
     /// nothing queued, and the store has reached the start revision the client asked for
     /// (a client resumes at the notified revision + 1, which must not be before the watch's
@@ -241,10 +250,7 @@ impl WatchHub {
                 w.pending.push_back(Delivery { revision, events: matching });
                 if w.pending_events > self.max_pending_events || w.pending_bytes > MAX_PENDING_BYTES {
                     // Too far behind: drop the queue, replay from storage later.
-                    w.synced = false;
-                    w.pending.clear();
-                    w.pending_events = 0;
-                    w.pending_bytes = 0;
+                    w.unsync();
                 }
                 if let Some(s) = streams.get_mut(&w.stream) {
                     if s.dirty.insert(*id) {
@@ -275,10 +281,7 @@ impl WatchHub {
                 if !w.synced {
                     continue;
                 }
-                w.synced = false;
-                w.pending.clear();
-                w.pending_events = 0;
-                w.pending_bytes = 0;
+                w.unsync();
                 if let Some(s) = streams.get_mut(&w.stream) {
                     if s.dirty.insert(*id) {
                         wake.push(s.waker.clone());
