@@ -72,17 +72,31 @@ const MAX_LEARNERS: usize = 1;
 
 impl ClusterService {
     /// Runs a membership change on the leader (here, or forwarded to it), then waits until
-    /// this member has applied it, so that the member list answered with it shows it.
+    /// this member sees it, so that the member list answered with it shows it. (Not a read
+    /// barrier: removing the leader leaves no leader for a moment, and etcd answers success.)
     async fn change(&self, change: MemberChange) -> Result<(), Status> {
+        let seen = |node: &cairn_raft::RaftNode| {
+            let members = node.members();
+            let has = |id: u64| members.iter().any(|(m, _)| *m == id);
+            match &change {
+                MemberChange::Add { id, .. } => has(*id),
+                MemberChange::Remove { id } => !has(*id),
+                MemberChange::Promote { id } => !node.learners().contains(id),
+                MemberChange::Update { id, peer_url } => members.iter().any(|(m, u)| m == id && u == peer_url),
+            }
+        };
         let res = if self.ctx.node.is_leader() {
-            self.ctx.node.change_member(change).await
+            self.ctx.node.change_member(change.clone()).await
         } else {
             let body = self.ctx.call_leader(peer::method::MEMBER_CHANGE, peer::encode_member_change(&change)).await?;
             peer::decode_member_change_result(&body)
         };
         match res {
             Ok(()) => {
-                self.ctx.linearizable_barrier().await?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !seen(&self.ctx.node) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 Ok(())
             }
             Err(MemberChangeError::NotLeader) => Err(EtcdError::LeaderChanged.status()),
