@@ -23,7 +23,8 @@
 //!   streams, /health /version /livez, the metrics listener, /metrics, and the Python
 //!   `etcd3` and `etcd3gw` clients.
 //! - `membership`: MemberAdd (learner), a member joining a running cluster, learner refusals,
-//!   MemberPromote, MemberList, MemberRemove (the removed member exits) and MemberUpdate,
+//!   MemberPromote, MemberList, MemberRemove (the removed member exits; also of the leader)
+//!   and MemberUpdate,
 //!   compared with a 3-member etcd cluster.
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).

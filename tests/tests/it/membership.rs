@@ -449,3 +449,49 @@ async fn membership_changes_match_etcd() {
     })
     .await;
 }
+
+/// The leader removed through a follower: the removal is answered with success (etcd does;
+/// the cluster has no leader for a moment), the old leader's process exits, and the two
+/// members left elect a leader and take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_the_leader_succeeds_and_the_rest_go_on() {
+    differential("remove_leader", ClusterOptions::default(), async |c: &mut Cluster| {
+        let mut t = Transcript { kind: c.kind(), lines: Vec::new() };
+        let leader = c.leader().await;
+        let follower = c.others(leader)[0];
+        let leader_id = c.member_id(leader).await;
+        let mut cl = ClusterClient::new(c.channel(follower).await);
+        let (r, refused) = retry_while(&[NOT_ENOUGH_STARTED, UNHEALTHY], SETTLE, async || {
+            cl.member_remove(MemberRemoveRequest { id: leader_id }).await
+        })
+        .await;
+        println!("[{}] remove the leader: {refused} attempts refused while the cluster settled", c.kind());
+        t.push(format!(
+            "member remove <leader> via a follower: {}",
+            show(r, |r| format!("{} members", r.members.len()))
+        ));
+        let removed_at = Instant::now();
+        let exited = loop {
+            if !c.member_mut(leader).is_running() {
+                break true;
+            }
+            if removed_at.elapsed() >= REMOVED_EXIT {
+                break false;
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        t.push(format!("the old leader exited: {exited}"));
+        for i in c.others(leader) {
+            let mut kv = KvClient::new(c.channel(i).await);
+            let r = put_settled(&mut kv, "after-leader-removal", "v").await;
+            t.push(format!("put through a remaining member: {}", r.split(' ').next().unwrap_or_default()));
+        }
+        let r = cl.member_list(MemberListRequest { linearizable: true }).await;
+        t.push(format!(
+            "member list (linearizable) via the follower: {}",
+            show(r, |r| format!("{} members", r.members.len()))
+        ));
+        t.lines
+    })
+    .await;
+}
