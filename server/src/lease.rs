@@ -124,7 +124,7 @@ async fn revoke(
 /// Renews a lease: here on the leader, else on the leader through the peer port (etcd's
 /// followers forward keep-alives to the leader).
 async fn renew(ctx: &Context, lessor: &Lessor, id: i64) -> Result<Option<i64>, Status> {
-    if ctx.node.is_leader() || ctx.node.members().len() == 1 {
+    if ctx.node.is_leader() {
         return lessor.renew(id).await.map_err(|e| lessor_error(e, ctx));
     }
     let body = ctx.call_leader(peer::method::LEASE_RENEW, id.to_le_bytes().to_vec()).await?;
@@ -133,7 +133,7 @@ async fn renew(ctx: &Context, lessor: &Lessor, id: i64) -> Result<Option<i64>, S
 
 /// The remaining TTL of a lease as the leader's lessor tracks it (`None`: not tracked).
 async fn remaining(ctx: &Context, lessor: &Lessor, id: i64) -> Result<Option<i64>, Status> {
-    if ctx.node.is_leader() || ctx.node.members().len() == 1 {
+    if ctx.node.is_leader() {
         lessor.wait_primary().await.map_err(|e| lessor_error(e, ctx))?;
         return Ok(lessor.remaining_secs(id));
     }

@@ -101,35 +101,56 @@ fn cluster_id_of(member_ids: &[u64], token: &str) -> u64 {
     fnv64(&[&joined.join(","), token]).max(1)
 }
 
-/// The member and cluster IDs: computed at bootstrap, then read from the data dir so that
-/// they never change for a member.
-pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config, initial: &[(u64, String)]) -> Result<(u64, u64), String> {
-    let path = dir.join("ids");
-    match std::fs::read_to_string(&path) {
+/// The member's IDs as kept in `member/ids`: `<member hex> <cluster hex>`, then `join` for
+/// a member that joined a running cluster (it must never bootstrap a group of its own, even
+/// if it restarts before the leader reached it).
+pub(crate) struct Ids {
+    pub member: u64,
+    pub cluster: u64,
+    pub joined: bool,
+}
+
+fn read_ids(path: &Path) -> Result<Option<Ids>, String> {
+    match std::fs::read_to_string(path) {
         Ok(s) => {
-            let mut it = s.split_whitespace().map(|x| u64::from_str_radix(x, 16));
-            match (it.next(), it.next()) {
-                (Some(Ok(m)), Some(Ok(c))) => Ok((m, c)),
+            let mut it = s.split_whitespace();
+            let hex = |x: Option<&str>| x.and_then(|x| u64::from_str_radix(x, 16).ok());
+            match (hex(it.next()), hex(it.next()), it.next()) {
+                (Some(member), Some(cluster), joined) => {
+                    Ok(Some(Ids { member, cluster, joined: joined == Some("join") }))
+                }
                 _ => Err(format!("{} is corrupt", path.display())),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let member = member_id_of(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
-            let ids: Vec<u64> = initial.iter().map(|(id, _)| *id).collect();
-            let cluster = cluster_id_of(&ids, &cfg.initial_cluster_token);
-            let tmp = dir.join("ids.tmp");
-            std::fs::write(&tmp, format!("{member:x} {cluster:x}\n")).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
-            Ok((member, cluster))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("read {}: {e}", path.display())),
     }
+}
+
+fn write_ids(dir: &Path, ids: &Ids) -> Result<(), String> {
+    let tmp = dir.join("ids.tmp");
+    let join = if ids.joined { " join" } else { "" };
+    std::fs::write(&tmp, format!("{:x} {:x}{join}\n", ids.member, ids.cluster)).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join("ids")).map_err(|e| e.to_string())
+}
+
+/// The member and cluster IDs: computed at bootstrap, then read from the data dir so that
+/// they never change for a member.
+pub(crate) fn load_or_make_ids(dir: &Path, cfg: &Config, initial: &[(u64, String)]) -> Result<Ids, String> {
+    if let Some(ids) = read_ids(&dir.join("ids"))? {
+        return Ok(ids);
+    }
+    let member = member_id_of(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
+    let ids: Vec<u64> = initial.iter().map(|(id, _)| *id).collect();
+    let ids = Ids { member, cluster: cluster_id_of(&ids, &cfg.initial_cluster_token), joined: false };
+    write_ids(dir, &ids)?;
+    Ok(ids)
 }
 
 /// A member joining an existing cluster (added with MemberAdd first) learns its member ID
 /// and the cluster ID from a member listed in `--initial-cluster` that knows its peer URL,
 /// and keeps them in its data dir.
-async fn join_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
+async fn join_ids(dir: &Path, cfg: &Config) -> Result<Ids, String> {
     use cairn_raft::PeerTransport;
     let mut mine = cfg.initial_advertise_peer_urls.clone();
     mine.sort();
@@ -152,11 +173,10 @@ async fn join_ids(dir: &Path, cfg: &Config) -> Result<(u64, u64), String> {
                 if b.len() == 16 {
                     let member = u64::from_le_bytes(b[..8].try_into().map_err(|_| "bad lookup answer")?);
                     let cluster = u64::from_le_bytes(b[8..].try_into().map_err(|_| "bad lookup answer")?);
-                    let tmp = dir.join("ids.tmp");
-                    std::fs::write(&tmp, format!("{member:x} {cluster:x}\n")).map_err(|e| e.to_string())?;
-                    std::fs::rename(&tmp, dir.join("ids")).map_err(|e| e.to_string())?;
+                    let ids = Ids { member, cluster, joined: true };
+                    write_ids(dir, &ids)?;
                     tracing::info!(member_id = %format!("{member:x}"), cluster_id = %format!("{cluster:x}"), "joining an existing cluster");
-                    return Ok((member, cluster));
+                    return Ok(ids);
                 }
             }
         }
@@ -200,11 +220,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     std::fs::create_dir_all(&member_dir).map_err(|e| format!("create {}: {e}", member_dir.display()))?;
     // The initial-cluster flags matter only at bootstrap; a member that has its IDs ignores
     // them, as etcd ignores them once the member is initialized.
+    // (A member restarted before its log was initialized uses them again, if still valid.)
     let bootstrapping = !member_dir.join("ids").exists();
-    let join = bootstrapping && cfg.initial_cluster_state == "existing";
-    let initial = if bootstrapping && !join { initial_member_ids(&cfg)? } else { Vec::new() };
-    let (member_id, cluster_id) =
-        if join { join_ids(&member_dir, &cfg).await? } else { load_or_make_ids(&member_dir, &cfg, &initial)? };
+    let joining = bootstrapping && cfg.initial_cluster_state == "existing";
+    let initial = match initial_member_ids(&cfg) {
+        Ok(m) => m,
+        Err(e) if bootstrapping && !joining => return Err(e),
+        Err(_) => Vec::new(),
+    };
+    let ids = if joining { join_ids(&member_dir, &cfg).await? } else { load_or_make_ids(&member_dir, &cfg, &initial)? };
+    let (member_id, cluster_id, join) = (ids.member, ids.cluster, ids.joined);
     let mut addrs = Vec::new();
     for u in &cfg.listen_client_urls {
         addrs.push(config::socket_addr(u).map_err(|e| e.to_string())?);
