@@ -40,15 +40,6 @@ pub enum ClientsOn {
     Leader,
 }
 
-impl ClientsOn {
-    pub fn name(self) -> &'static str {
-        match self {
-            ClientsOn::All => "all",
-            ClientsOn::Leader => "leader",
-        }
-    }
-}
-
 /// A server that is already running: `label` names it in the tables (`etcd` and `cairn` are
 /// the labels the ratio table looks for).
 #[derive(Debug, Clone, PartialEq, Eq)]
