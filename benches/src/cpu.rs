@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// CPU time used so far, from /proc: the machine's busy time, this bench's and (when known)
-/// the server's.
+/// the server's (the sum over its members).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     machine_busy_ticks: u64,
@@ -15,20 +15,22 @@ pub struct CpuSample {
 /// CPU used between two samples, in cores (1.0 = one core fully busy for the whole interval).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuUse {
-    /// By the server under test.
+    /// By the server under test (all its members).
     pub server_cores: Option<f64>,
     /// By everything except the server under test and this bench (the other server, idle, is
     /// included and normally near zero).
     pub other_cores: Option<f64>,
 }
 
-/// Takes a sample; `None` when /proc cannot be read (not Linux).
-pub fn sample(server_pid: Option<u32>) -> Option<CpuSample> {
-    Some(CpuSample {
-        machine_busy_ticks: machine_busy_ticks()?,
-        bench_ticks: process_ticks("self")?,
-        server_ticks: server_pid.and_then(|p| process_ticks(&p.to_string())),
-    })
+/// Takes a sample; `None` when /proc cannot be read (not Linux). `server_pids` are the
+/// members of the server under test (none when the bench did not start it).
+pub fn sample(server_pids: &[u32]) -> Option<CpuSample> {
+    let server_ticks = if server_pids.is_empty() {
+        None
+    } else {
+        server_pids.iter().map(|p| process_ticks(&p.to_string())).sum()
+    };
+    Some(CpuSample { machine_busy_ticks: machine_busy_ticks()?, bench_ticks: process_ticks("self")?, server_ticks })
 }
 
 /// What was used between `before` and `after`, `elapsed` apart.
@@ -93,13 +95,13 @@ mod tests {
 
     #[test]
     fn reads_this_process_and_the_machine() {
-        let before = sample(Some(std::process::id())).expect("/proc is readable");
+        let before = sample(&[std::process::id()]).expect("/proc is readable");
         let mut x = 0u64;
         for i in 0..20_000_000u64 {
             x = x.wrapping_add(i * i);
         }
         assert!(x > 0);
-        let after = sample(Some(std::process::id())).expect("/proc is readable");
+        let after = sample(&[std::process::id()]).expect("/proc is readable");
         assert!(after.bench_ticks >= before.bench_ticks);
         assert!(after.machine_busy_ticks >= before.machine_busy_ticks);
         let u = usage(Some(before), Some(after), Duration::from_secs(1));

@@ -47,7 +47,7 @@ pub async fn run(
     spec: RunSpec,
     conns: &[Client],
     fixture: &Fixture,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     label: &str,
     quick: bool,
 ) -> RunOutcome {
@@ -106,14 +106,14 @@ pub async fn run(
     }
     // Let the writers reach a steady state, then defragment.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu_before = cpu::sample(server_pid);
+    let cpu_before = cpu::sample(server_pids);
     let start = Instant::now();
     let _ = window.set(start);
     let mut m = conns[0].maintenance_client();
     let defrag = m.defragment().await;
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Release);
-    let cpu_after = cpu::sample(server_pid);
+    let cpu_after = cpu::sample(server_pids);
     if let Err(e) = defrag {
         out.record_error(format!("defragment: {e}"));
     }

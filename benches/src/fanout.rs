@@ -98,7 +98,7 @@ impl StreamOutcome {
 
 /// Runs the fan-out with `spec.clients` watchers over `spec.watch_streams` streams (at most one
 /// per watcher); the writer uses `conns[0]`.
-pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Fixture, server_pid: Option<u32>) -> RunOutcome {
+pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Fixture, server_pids: &[u32]) -> RunOutcome {
     let watchers = spec.clients;
     assert!(watchers > 0 && !conns.is_empty(), "a fan-out needs watchers ({watchers}) and connections");
     let quota = spec.quota;
@@ -133,7 +133,7 @@ pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Fixture, server_pid:
     // Per put, by sequence number: its start (nanoseconds since base) and answered revision.
     let mut starts: Vec<u64> = Vec::new();
     let mut revisions: Vec<i64> = Vec::new();
-    let cpu_before = cpu::sample(server_pid);
+    let cpu_before = cpu::sample(server_pids);
     let start = Instant::now();
     let end = quota.duration.map(|d| start + d);
     let created = shared.watching.load(Ordering::Acquire);
@@ -185,7 +185,7 @@ pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Fixture, server_pid:
         }
     }
     let elapsed = start.elapsed();
-    let cpu_after = cpu::sample(server_pid);
+    let cpu_after = cpu::sample(server_pids);
     let _ = stop.send(true);
 
     let puts = starts.len();

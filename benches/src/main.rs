@@ -1,11 +1,12 @@
 //! `cairn-bench`: a load generator of our own (the `etcd-client` crate over tokio) that starts
-//! real etcd 3.5 and Cairn side by side, runs the same workloads against each, one server at a
-//! time, and prints throughput, latency percentiles, the Cairn/etcd ratios and the servers'
+//! real etcd 3.5 and Cairn side by side (each a single node or a cluster of `--members`), runs
+//! the same workloads against each, one server at a time, and prints throughput, latency percentiles, the Cairn/etcd ratios and the servers'
 //! peak RSS. See benches/README.md.
 //!
 //! Modules:
 //! - [`options`]: the command line.
-//! - [`server`]: locating the binaries and running one single-node server as a child process.
+//! - [`server`]: locating the binaries and running a cluster (one or more members) as child
+//!   processes.
 //! - [`workload`]: the workloads, their preloaded data and the concurrent runner.
 //! - [`fanout`]: the watch fan-out workload's own runner (watchers, a writer, delivery checks).
 //! - [`cpu`]: CPU used by the server and by the rest of the machine during a run.
@@ -31,9 +32,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, ConnectOptions};
 
-use options::{Invocation, Options, ServerKind};
+use options::{ClientsOn, Invocation, Options, ServerKind};
 use report::{Resources, Row};
-use server::ServerProcess;
+use server::Cluster;
 use workload::{Fixture, Kind, Quota, RunSpec};
 
 /// Deadline of one gRPC call made outside the timed loops (preload, Status).
@@ -72,13 +73,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// One server the workloads run against.
+/// One server (a single node or a cluster) the workloads run against.
 struct Target {
     label: String,
-    url: String,
+    /// The client URLs the workloads use: every member, the leader first, or only the leader
+    /// (`--clients-on`); the one `--endpoints` URL.
+    urls: Vec<String>,
     /// Set when this run started the server.
-    process: Option<ServerProcess>,
-    /// `Options::connections` connections.
+    cluster: Option<Cluster>,
+    /// `Options::connections` connections per URL; connection `j` is on `urls[j % urls.len()]`,
+    /// so that client `c` (on connection `c % clients.len()`) talks to `urls[c % urls.len()]`.
     clients: Vec<Client>,
     fixture: Option<Arc<Fixture>>,
 }
@@ -112,13 +116,28 @@ async fn run(opts: &Options) -> Result<bool, String> {
         .map_err(|e| format!("cannot create the data directory: {e}"))?;
         eprintln!("cairn-bench: data and logs under {}", data_dir.path().display());
         for (k, bin) in kinds.iter().zip(&binaries) {
-            let mut p = ServerProcess::start(*k, bin, data_dir.path())?;
-            p.wait_ready().await?;
-            eprintln!("cairn-bench: {} serves on {} (pid {})", k.name(), p.client_url, p.pid().unwrap_or(0));
+            let mut cluster = Cluster::start(*k, bin, data_dir.path(), opts.members)?;
+            cluster.wait_ready().await?;
+            let leader = cluster.leader();
+            for (i, m) in cluster.members().iter().enumerate() {
+                eprintln!(
+                    "cairn-bench: {} {} serves on {} (pid {}){}",
+                    k.name(),
+                    m.name,
+                    m.client_url,
+                    m.pid().unwrap_or(0),
+                    if i == leader && opts.members > 1 { ", leader" } else { "" }
+                );
+            }
+            let members = cluster.members();
+            let mut urls = vec![members[leader].client_url.clone()];
+            if opts.clients_on == ClientsOn::All {
+                urls.extend(members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m.client_url.clone()));
+            }
             targets.push(Target {
                 label: k.name().to_string(),
-                url: p.client_url.clone(),
-                process: Some(p),
+                urls,
+                cluster: Some(cluster),
                 clients: Vec::new(),
                 fixture: None,
             });
@@ -127,8 +146,8 @@ async fn run(opts: &Options) -> Result<bool, String> {
         for e in &opts.endpoints {
             targets.push(Target {
                 label: e.label.clone(),
-                url: e.url.clone(),
-                process: None,
+                urls: vec![e.url.clone()],
+                cluster: None,
                 clients: Vec::new(),
                 fixture: None,
             });
@@ -139,14 +158,24 @@ async fn run(opts: &Options) -> Result<bool, String> {
     let prefix = format!("cairn-bench/{}-{now}/", std::process::id());
     for t in &mut targets {
         for _ in 0..opts.connections {
-            let c = connect(&t.url).await.map_err(|e| format!("{}: {e}", t.label))?;
-            t.clients.push(c);
+            for url in &t.urls {
+                let c = connect(url).await.map_err(|e| format!("{}: {e}", t.label))?;
+                t.clients.push(c);
+            }
         }
         let kv = t.clients[0].kv_client();
         let fixture = tokio::time::timeout(SETUP_TIMEOUT, Fixture::load(&kv, &prefix, opts.value_size))
             .await
             .map_err(|_| format!("{}: preloading the keys took more than {SETUP_TIMEOUT:?}", t.label))?
             .map_err(|e| format!("{}: {e}", t.label))?;
+        // Every member the clients use has applied the preload before the first run (its
+        // serializable reads find the keys).
+        for (url, c) in t.urls.iter().zip(&t.clients) {
+            tokio::time::timeout(SETUP_TIMEOUT, fixture.check_visible(&c.kv_client()))
+                .await
+                .map_err(|_| format!("{} {url}: checking the preload took more than {SETUP_TIMEOUT:?}", t.label))?
+                .map_err(|e| format!("{} {url}: {e}", t.label))?;
+        }
         t.fixture = Some(Arc::new(fixture));
     }
 
@@ -156,8 +185,9 @@ async fn run(opts: &Options) -> Result<bool, String> {
     }
     let watcher_counts = opts.watcher_counts();
     eprintln!(
-        "cairn-bench: workloads {}; clients {:?} over {} connection(s); watchers {:?} over {} stream(s); {} \
+        "cairn-bench: {}; workloads {}; clients {:?} over {} connection(s) per member used; watchers {:?} over {} stream(s); {} \
          lease(s); {}-byte values; {}",
+        topology(opts),
         opts.workloads.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
         client_counts,
         opts.connections,
@@ -192,13 +222,13 @@ async fn run(opts: &Options) -> Result<bool, String> {
             for t in &mut targets {
                 let conns = if clients == 1 { &t.clients[..1] } else { &t.clients[..] };
                 let fixture = t.fixture.as_ref().expect("every target is preloaded before the runs");
-                let pid = t.process.as_ref().and_then(ServerProcess::pid);
+                let pids = t.cluster.as_ref().map(Cluster::pids).unwrap_or_default();
                 let outcome = if kind == Kind::WatchFanout {
-                    fanout::run(spec, conns, fixture, pid).await
+                    fanout::run(spec, conns, fixture, &pids).await
                 } else if kind == Kind::Defrag {
-                    defrag::run(spec, conns, fixture, pid, &t.label, opts.quick).await
+                    defrag::run(spec, conns, fixture, &pids, &t.label, opts.quick).await
                 } else {
-                    workload::run(spec, conns, fixture, pid).await
+                    workload::run(spec, conns, fixture, &pids).await
                 };
                 let summary = outcome.summary();
                 eprintln!(
@@ -213,15 +243,9 @@ async fn run(opts: &Options) -> Result<bool, String> {
                 for m in &summary.error_samples {
                     eprintln!("cairn-bench:   error: {m}");
                 }
-                if let Some(p) = t.process.as_mut() {
-                    if let Some(status) = p.exited() {
-                        return Err(format!(
-                            "{} exited during {} ({status}); log {}:\n{}",
-                            t.label,
-                            kind.name(),
-                            p.log_path().display(),
-                            p.log_tail()
-                        ));
+                if let Some(c) = t.cluster.as_mut() {
+                    if let Some(what) = c.exited() {
+                        return Err(format!("{} during {}: {what}", t.label, kind.name()));
                     }
                 }
                 rows.push(Row { kind, clients, server: t.label.clone(), summary });
@@ -237,13 +261,13 @@ async fn run(opts: &Options) -> Result<bool, String> {
         };
         resources.push(Resources {
             server: t.label.clone(),
-            peak_rss_kib: t.process.as_ref().and_then(ServerProcess::peak_rss_kib),
+            peak_rss_kib: t.cluster.as_ref().and_then(Cluster::peak_rss_kib),
             db_size_bytes: db_size,
         });
     }
 
     println!();
-    println!("== Results (latencies in milliseconds; ops = successful ops)");
+    println!("== Results ({}; latencies in milliseconds; ops = successful ops)", topology(opts));
     print!("{}", report::results_table(&rows));
     if let Some(cmp) = report::comparison_table(&rows) {
         println!();
@@ -256,7 +280,11 @@ async fn run(opts: &Options) -> Result<bool, String> {
         print!("{fan}");
     }
     println!();
-    println!("== Servers at the end of the run");
+    if opts.members > 1 {
+        println!("== Servers at the end of the run (peak RSS: sum over the members; db size: the leader's)");
+    } else {
+        println!("== Servers at the end of the run");
+    }
     print!("{}", report::resources_table(&resources));
 
     let failed: Vec<&Row> = rows.iter().filter(|r| r.summary.errors > 0).collect();
@@ -280,6 +308,16 @@ async fn run(opts: &Options) -> Result<bool, String> {
     // The targets (and their server processes) are dropped here, before `data_dir`.
     drop(targets);
     Ok(failed.is_empty())
+}
+
+/// The servers' shape, for the headers: `single node`, or `3 members, clients on all (leader first)`.
+fn topology(opts: &Options) -> String {
+    match (opts.endpoints.is_empty(), opts.members, opts.clients_on) {
+        (false, _, _) => "given endpoints".to_string(),
+        (true, 1, _) => "single node".to_string(),
+        (true, n, ClientsOn::All) => format!("{n} members, clients on all, round-robin from the leader"),
+        (true, n, ClientsOn::Leader) => format!("{n} members, clients on the leader"),
+    }
 }
 
 async fn connect(url: &str) -> Result<Client, String> {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::server::MAX_MEMBERS;
 use crate::workload::Kind;
 
 /// Which server(s) a run starts, or which of the given endpoints it uses.
@@ -27,6 +28,16 @@ impl ServerKind {
             _ => None,
         }
     }
+}
+
+/// Which members of a started cluster the clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientsOn {
+    /// Every member, round-robin by client index, the leader first (client `c` on member
+    /// `c % members` in leader-first order), as an etcd client given every endpoint.
+    All,
+    /// The leader only.
+    Leader,
 }
 
 /// A server that is already running: `label` names it in the tables (`etcd` and `cairn` are
@@ -68,6 +79,10 @@ pub struct Options {
     pub leases: Option<usize>,
     /// Parent of the temporary data directories of started servers (default: the system temp dir).
     pub data_dir: Option<PathBuf>,
+    /// Members of each started cluster (1: a single node).
+    pub members: usize,
+    /// Which members the clients talk to (matters only with several members).
+    pub clients_on: ClientsOn,
 }
 
 impl Default for Options {
@@ -86,6 +101,8 @@ impl Default for Options {
             watch_streams: 10,
             leases: None,
             data_dir: None,
+            members: 1,
+            clients_on: ClientsOn::All,
         }
     }
 }
@@ -116,9 +133,9 @@ pub enum Invocation {
 pub const USAGE: &str = "\
 Usage: cairn-bench [flags]
 
-Starts real etcd 3.5 and Cairn side by side (single-node, free ports, temporary data dirs),
-runs the same workloads against each and prints ops/s, latency p50/p99/max, the Cairn/etcd
-ratios and the peak RSS of both servers.
+Starts real etcd 3.5 and Cairn side by side (single-node or --members N clusters, free ports,
+temporary data dirs), runs the same workloads against each and prints ops/s, latency
+p50/p99/max, the Cairn/etcd ratios and the peak RSS of both servers.
 
 Flags:
   --quick                 tiny op counts (CI smoke test)
@@ -130,7 +147,7 @@ Flags:
                           workload, each run capped at 4 s)
   --duration SECS         run each workload for SECS seconds (with --ops: whichever comes first)
   --clients N             clients of the concurrent variant of each workload (default 100)
-  --connections N         gRPC connections shared by the concurrent clients (default 4)
+  --connections N         gRPC connections per member the concurrent clients share (default 4)
   --value-size BYTES      size of every value written (default 256)
   --workloads LIST        comma-separated subset of: put,range-linearizable,range-serializable,
                           txn,list,watch-fanout,lease-keepalive,defrag (default: all)
@@ -141,6 +158,10 @@ Flags:
   --leases N              leases of a lease-keepalive run, at least one per client
                           (default 100; with --quick 10)
   --data-dir DIR          parent of the temporary server data dirs (default: $TMPDIR or /tmp)
+  --members N             start clusters of N members (1..=7, default 1: a single node)
+  --clients-on all|leader with --members > 1: spread the clients over every member, round-robin
+                          by client index with the leader first (default all), or put them all
+                          on the leader
   -h, --help              this text
 
 Environment:
@@ -214,6 +235,20 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                 o.leases = Some(n as usize);
             }
             "--data-dir" => o.data_dir = Some(PathBuf::from(value()?)),
+            "--members" => {
+                let v = value()?;
+                o.members = match v.parse::<usize>() {
+                    Ok(n) if (1..=MAX_MEMBERS).contains(&n) => n,
+                    _ => return Err(format!("--members takes a count in 1..={MAX_MEMBERS}, not {v:?}")),
+                };
+            }
+            "--clients-on" => {
+                o.clients_on = match value()?.as_str() {
+                    "all" => ClientsOn::All,
+                    "leader" => ClientsOn::Leader,
+                    v => return Err(format!("--clients-on takes all or leader, not {v:?}")),
+                }
+            }
             _ => return Err(format!("unknown flag: {arg}")),
         }
     }
@@ -222,6 +257,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     }
     if o.connections > o.clients.max(1) {
         o.connections = o.clients.max(1);
+    }
+    if o.members > 1 && !o.endpoints.is_empty() {
+        return Err("--members starts clusters: it cannot be used with --endpoints".into());
     }
     if let Some(only) = o.only {
         if !o.endpoints.is_empty() {
@@ -323,6 +361,17 @@ mod tests {
         assert_eq!(run(&[]).unwrap().watcher_counts(), vec![1, 100, 1000]);
         assert_eq!(run(&["--quick"]).unwrap().watcher_counts(), vec![1, 100]);
         assert_eq!(run(&["--quick"]).unwrap().lease_count(), 10);
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let o = run(&["--members", "3", "--clients-on=leader"]).unwrap();
+        assert_eq!((o.members, o.clients_on), (3, ClientsOn::Leader));
+        assert_eq!(run(&[]).unwrap().clients_on, ClientsOn::All);
+        assert!(run(&["--members", "0"]).is_err());
+        assert!(run(&["--members", "8"]).is_err());
+        assert!(run(&["--clients-on", "followers"]).is_err());
+        assert!(run(&["--members", "3", "--endpoints", "http://a:1"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Starting a single-node server (real etcd or Cairn) as a child process with etcd's flags,
-//! waiting until it serves, reading its peak RSS, and stopping it (by pid, on drop).
+//! Starting a cluster of one or more members (real etcd or Cairn), each a child process with
+//! etcd's flags, waiting until every member serves, finding the leader, reading the peak RSS,
+//! and stopping every member (by pid, on drop).
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -64,10 +65,46 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| format!("cannot read the bound port: {e}"))?.port())
 }
 
-/// One running single-node server. Dropping it kills the process (SIGKILL to its pid) and
-/// reaps it.
+/// `n` distinct ports on 127.0.0.1 that were free a moment ago.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    // The OS may hand out a port again once its listener is closed; a few retries suffice.
+    for _ in 0..n * 10 {
+        if ports.len() == n {
+            break;
+        }
+        let p = free_port()?;
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    if ports.len() == n {
+        Ok(ports)
+    } else {
+        Err(format!("could not find {n} distinct free ports"))
+    }
+}
+
+/// The cluster token every started cluster uses (`--initial-cluster-token`).
+const CLUSTER_TOKEN: &str = "cairn-bench";
+/// Most members a started cluster may have.
+pub const MAX_MEMBERS: usize = 7;
+
+/// Name and URLs of one member of a cluster the bench starts.
+#[derive(Debug, Clone)]
+struct MemberSpec {
+    /// `n1`, `n2`, ...
+    name: String,
+    client_url: String,
+    peer_url: String,
+}
+
+/// One running member (of a cluster of one or more). Dropping it kills the process (SIGKILL
+/// to its pid) and reaps it.
 pub struct ServerProcess {
     pub kind: ServerKind,
+    /// `--name` (`n1`, `n2`, ...).
+    pub name: String,
     /// `http://127.0.0.1:<client port>`.
     pub client_url: String,
     /// `http://127.0.0.1:<peer port>`: MemberList must show it, proving that the server that
@@ -80,28 +117,28 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `binary` with the same flags for etcd and Cairn; its data dir and log go under
-    /// `dir`. Returns once the process is spawned; call [`ServerProcess::wait_ready`] next.
+    /// Starts `binary` as `member` of the cluster `initial_cluster` (`n1=URL,...`) with the same
+    /// flags for etcd and Cairn; its data dir and log go under `dir`. Returns once the process
+    /// is spawned; call [`ServerProcess::wait_ready`] next.
     ///
     /// The server is killed when the calling thread exits: call this from a thread that lives
     /// as long as the server should (`cairn-bench` calls it from the main thread, in
     /// `block_on`), not from a tokio worker that may be shut down earlier.
-    pub fn start(kind: ServerKind, binary: &Path, dir: &Path) -> Result<Self, String> {
-        let name = kind.name();
-        let client_port = free_port()?;
-        let mut peer_port = free_port()?;
-        while peer_port == client_port {
-            peer_port = free_port()?;
-        }
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let data_dir = dir.join(format!("{name}.data"));
-        let log_path = dir.join(format!("{name}.log"));
+    fn start(
+        kind: ServerKind,
+        binary: &Path,
+        dir: &Path,
+        member: &MemberSpec,
+        initial_cluster: &str,
+    ) -> Result<Self, String> {
+        let MemberSpec { name, client_url, peer_url } = member.clone();
+        let data_dir = dir.join(format!("{}-{name}.data", kind.name()));
+        let log_path = dir.join(format!("{}-{name}.log", kind.name()));
         let log = File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| format!("cannot duplicate the log file handle: {e}"))?;
         let mut cmd = Command::new(binary);
         cmd.arg("--name")
-            .arg("n")
+            .arg(&name)
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--listen-client-urls")
@@ -113,7 +150,11 @@ impl ServerProcess {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("n={peer_url}"))
+            .arg(initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(CLUSTER_TOKEN)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -135,8 +176,9 @@ impl ServerProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start {name} ({}): {e}", binary.display()))?;
-        Ok(ServerProcess { kind, client_url, peer_url, log_path, child: Some(child) })
+        let child =
+            cmd.spawn().map_err(|e| format!("cannot start {} {name} ({}): {e}", kind.name(), binary.display()))?;
+        Ok(ServerProcess { kind, name, client_url, peer_url, log_path, child: Some(child) })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -152,8 +194,9 @@ impl ServerProcess {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
                     return Err(format!(
-                        "{} exited during startup ({status}); log {}:\n{}",
+                        "{} {} exited during startup ({status}); log {}:\n{}",
                         self.kind.name(),
+                        self.name,
                         self.log_path.display(),
                         self.log_tail()
                     ));
@@ -165,8 +208,9 @@ impl ServerProcess {
             };
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{} did not serve on {} within {READY_TIMEOUT:?} (last probe: {last_error}); log {}:\n{}",
+                    "{} {} did not serve on {} within {READY_TIMEOUT:?} (last probe: {last_error}); log {}:\n{}",
                     self.kind.name(),
+                    self.name,
                     self.client_url,
                     self.log_path.display(),
                     self.log_tail()
@@ -216,11 +260,120 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A cluster of one kind (etcd or Cairn) that this run started: `size` members on free client
+/// and peer ports, bootstrapped together (`--initial-cluster-state new`). Dropping it kills
+/// every member by its pid.
+pub struct Cluster {
+    pub kind: ServerKind,
+    /// In `--initial-cluster` order (`n1`, `n2`, ...).
+    members: Vec<ServerProcess>,
+    /// Index in `members` of the leader found by [`Cluster::wait_ready`].
+    leader: usize,
+}
+
+impl Cluster {
+    /// Spawns every member (they need each other to elect a leader, so none is waited for
+    /// here); call [`Cluster::wait_ready`] next. If one fails to spawn, the ones already
+    /// spawned are killed.
+    pub fn start(kind: ServerKind, binary: &Path, dir: &Path, size: usize) -> Result<Self, String> {
+        assert!((1..=MAX_MEMBERS).contains(&size), "a cluster has 1..={MAX_MEMBERS} members, not {size}");
+        let ports = free_ports(2 * size)?;
+        let specs: Vec<MemberSpec> = (0..size)
+            .map(|i| MemberSpec {
+                name: format!("n{}", i + 1),
+                client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
+                peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
+            })
+            .collect();
+        let initial_cluster = specs.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let mut members = Vec::with_capacity(size);
+        for m in &specs {
+            members.push(ServerProcess::start(kind, binary, dir, m, &initial_cluster)?);
+        }
+        Ok(Cluster { kind, members, leader: 0 })
+    }
+
+    /// Waits until every member serves a linearizable read and lists itself, then until every
+    /// member names the same leader, one of the members.
+    pub async fn wait_ready(&mut self) -> Result<(), String> {
+        for m in &mut self.members {
+            m.wait_ready().await?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let last_error = match self.find_leader().await {
+                Ok(i) => {
+                    self.leader = i;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{}: the members did not agree on a leader within {READY_TIMEOUT:?}: {last_error}",
+                    self.kind.name()
+                ));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The index of the leader every member names in Maintenance.Status.
+    async fn find_leader(&self) -> Result<usize, String> {
+        let mut ids = Vec::with_capacity(self.members.len());
+        let mut leaders = Vec::with_capacity(self.members.len());
+        for m in &self.members {
+            let mut c = Client::connect([m.client_url.as_str()], Some(probe_options()))
+                .await
+                .map_err(|e| format!("{}: connect: {e}", m.name))?;
+            let s = c.status().await.map_err(|e| format!("{}: status: {e}", m.name))?;
+            ids.push(s.header().map(|h| h.member_id()).ok_or_else(|| format!("{}: status without header", m.name))?);
+            leaders.push(s.leader());
+        }
+        let leader = leaders[0];
+        if leader == 0 || leaders.iter().any(|l| *l != leader) {
+            return Err(format!("leaders named by the members: {leaders:x?}"));
+        }
+        ids.iter().position(|id| *id == leader).ok_or_else(|| format!("leader {leader:x} is none of {ids:x?}"))
+    }
+
+    pub fn members(&self) -> &[ServerProcess] {
+        &self.members
+    }
+
+    /// Index in [`Cluster::members`] of the leader found when the cluster became ready (it is
+    /// not tracked afterwards).
+    pub fn leader(&self) -> usize {
+        self.leader
+    }
+
+    /// The pids of the members still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(ServerProcess::pid).collect()
+    }
+
+    /// Sum of the members' peak RSS, in KiB (`None` if one cannot be read).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.members.iter().map(ServerProcess::peak_rss_kib).sum()
+    }
+
+    /// `None` while every member runs; otherwise which member exited, how, and its log's tail.
+    pub fn exited(&mut self) -> Option<String> {
+        self.members.iter_mut().find_map(|m| {
+            let status = m.exited()?;
+            Some(format!("member {} exited ({status}); log {}:\n{}", m.name, m.log_path().display(), m.log_tail()))
+        })
+    }
+}
+
+fn probe_options() -> ConnectOptions {
+    ConnectOptions::new().with_connect_timeout(Duration::from_secs(1)).with_timeout(Duration::from_secs(2))
+}
+
 /// One readiness probe: connect, a linearizable Range (needs a leader), then MemberList must
 /// hold `peer_url`.
 async fn probe(url: &str, peer_url: &str) -> Result<(), String> {
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1)).with_timeout(Duration::from_secs(2));
-    let mut client = Client::connect([url], Some(opts)).await.map_err(|e| format!("connect: {e}"))?;
+    let mut client = Client::connect([url], Some(probe_options())).await.map_err(|e| format!("connect: {e}"))?;
     client.get("cairn-bench/ready-probe", None).await.map_err(|e| format!("range: {e}"))?;
     let members = client.member_list().await.map_err(|e| format!("member list: {e}"))?;
     if members.members().iter().any(|m| m.peer_urls().iter().any(|u| u == peer_url)) {

@@ -201,6 +201,22 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Fails unless a linearizable Range on `kv` sees every preloaded key: once it has, the
+    /// member behind `kv` has applied the preload, and its serializable reads find the keys too.
+    pub async fn check_visible(&self, kv: &KvClient) -> Result<(), String> {
+        let mut kv = kv.clone();
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let resp = kv.get(self.prefix.as_str(), Some(options)).await.map_err(|e| format!("count preloaded keys: {e}"))?;
+        let expected = (READ_KEYS + LIST_KEYS) as i64;
+        if resp.count() == expected {
+            Ok(())
+        } else {
+            Err(format!("{} preloaded keys, expected {expected}", resp.count()))
+        }
+    }
+}
+
 /// A value of `size` bytes that differs from op to op (its first bytes are `seed`).
 pub fn value(size: usize, seed: u64) -> Vec<u8> {
     let mut v: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
@@ -400,9 +416,9 @@ impl ClientState {
 /// Runs `spec.kind` with `spec.clients` concurrent clients; client `c` uses connection
 /// `c % conns.len()`. Every client prepares first (not timed); the clock starts when all are
 /// ready and stops when the last one has done its ops; then the clients undo their setup (not
-/// timed). The CPU used by the server `server_pid` (when known) and by the rest of the machine
+/// timed). The CPU used by the server's members `server_pids` (when known) and by the rest of the machine
 /// is measured over the timed interval.
-pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Arc<Fixture>, server_pid: Option<u32>) -> RunOutcome {
+pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Arc<Fixture>, server_pids: &[u32]) -> RunOutcome {
     let RunSpec { kind, clients, quota, .. } = spec;
     assert!(clients > 0 && !conns.is_empty(), "a run needs clients ({clients}) and connections ({})", conns.len());
     assert!(quota.ops.is_some() || quota.duration.is_some(), "a run needs an op count or a duration: {quota:?}");
@@ -457,11 +473,11 @@ pub async fn run(spec: RunSpec, conns: &[Client], fixture: &Arc<Fixture>, server
         }));
     }
     start_barrier.wait().await;
-    let cpu_before = cpu::sample(server_pid);
+    let cpu_before = cpu::sample(server_pids);
     let start = Instant::now();
     end_barrier.wait().await;
     let elapsed = start.elapsed();
-    let cpu_after = cpu::sample(server_pid);
+    let cpu_after = cpu::sample(server_pids);
     let mut total = RunOutcome::default();
     for t in tasks {
         match t.await {
