@@ -25,11 +25,8 @@ pub struct CpuUse {
 /// Takes a sample; `None` when /proc cannot be read (not Linux). `server_pids` are the
 /// members of the server under test (none when the bench did not start it).
 pub fn sample(server_pids: &[u32]) -> Option<CpuSample> {
-    let server_ticks = if server_pids.is_empty() {
-        None
-    } else {
-        server_pids.iter().map(|p| process_ticks(&p.to_string())).sum()
-    };
+    let server_ticks =
+        if server_pids.is_empty() { None } else { server_pids.iter().map(|p| process_ticks(&p.to_string())).sum() };
     Some(CpuSample { machine_busy_ticks: machine_busy_ticks()?, bench_ticks: process_ticks("self")?, server_ticks })
 }
 

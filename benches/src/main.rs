@@ -132,7 +132,9 @@ async fn run(opts: &Options) -> Result<bool, String> {
             let members = cluster.members();
             let mut urls = vec![members[leader].client_url.clone()];
             if opts.clients_on == ClientsOn::All {
-                urls.extend(members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m.client_url.clone()));
+                urls.extend(
+                    members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m.client_url.clone()),
+                );
             }
             targets.push(Target {
                 label: k.name().to_string(),

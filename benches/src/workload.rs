@@ -207,7 +207,8 @@ impl Fixture {
     pub async fn check_visible(&self, kv: &KvClient) -> Result<(), String> {
         let mut kv = kv.clone();
         let options = GetOptions::new().with_prefix().with_count_only();
-        let resp = kv.get(self.prefix.as_str(), Some(options)).await.map_err(|e| format!("count preloaded keys: {e}"))?;
+        let resp =
+            kv.get(self.prefix.as_str(), Some(options)).await.map_err(|e| format!("count preloaded keys: {e}"))?;
         let expected = (READ_KEYS + LIST_KEYS) as i64;
         if resp.count() == expected {
             Ok(())

@@ -290,8 +290,10 @@ pub struct RaftNode {
     shared: Arc<Shared>,
     /// A peer told this member it was removed from the cluster.
     removed: Arc<std::sync::atomic::AtomicBool>,
-    /// The last log index when this process started (see `leader_read_index`).
-    startup_last_index: u64,
+    /// Read-index rounds on this member as leader (local reads and followers' requests).
+    leader_reads: mpsc::Sender<ReadWaiter>,
+    /// Read-index rounds asked from the leader by this member as follower.
+    follower_reads: mpsc::Sender<ReadWaiter>,
 }
 
 impl RaftNode {
@@ -345,6 +347,23 @@ impl RaftNode {
         });
         let (proposals, rx) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(batcher(shared.clone(), rx));
+        let leader_reads = {
+            let raft = raft.clone();
+            spawn_read_rounds(move || {
+                let raft = raft.clone();
+                async move { leader_read_index(&raft, startup_last_index).await }
+            })
+        };
+        let follower_reads = {
+            let shared = shared.clone();
+            spawn_read_rounds(move || {
+                let shared = shared.clone();
+                async move {
+                    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+                    shared.call_leader(method::READ_INDEX, Vec::new(), deadline).await
+                }
+            })
+        };
         let node = RaftNode {
             raft,
             proposals,
@@ -355,7 +374,8 @@ impl RaftNode {
             state_path,
             shared,
             removed,
-            startup_last_index,
+            leader_reads,
+            follower_reads,
         };
         if cfg.join && !node.raft.is_initialized().await.map_err(|e| e.to_string())? {
             tracing::info!("joining an existing cluster: waiting for the leader to replicate to this member");
@@ -447,29 +467,18 @@ impl RaftNode {
     /// read after it is linearizable.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn read_index(&self) -> Result<(), WriteError> {
-        if self.shared.is_leader() {
-            let index = self.leader_read_index().await?;
-            return self.wait_applied(index).await;
-        }
-        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-        let index = self.shared.call_leader(method::READ_INDEX, Vec::new(), deadline).await?;
+        let index = if self.shared.is_leader() {
+            match join_read_round(&self.leader_reads).await {
+                // Leadership moved meanwhile: ask the new leader.
+                Err(WriteError::NotLeader { .. } | WriteError::NoLeader) => {
+                    join_read_round(&self.follower_reads).await?
+                }
+                other => other?,
+            }
+        } else {
+            join_read_round(&self.follower_reads).await?
+        };
         self.wait_applied(index).await
-    }
-
-    /// The read index on the leader: openraft's read log id (after confirming leadership with
-    /// a quorum), but never below the last log index this process found at start. openraft
-    /// 0.9 lets a restarted leader resume its term without a new blank entry, and its
-    /// committed index restored from disk may lag: entries acknowledged before a crash of
-    /// the whole cluster could then lie above openraft's read log id (a stale read, found by
-    /// the Jepsen test). Every acknowledged entry is in the leader's log, so waiting for the
-    /// last one found at start covers them.
-    async fn leader_read_index(&self) -> Result<u64, WriteError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map_or(0, |l| l.index).max(self.startup_last_index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id)),
-            Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
-        }
     }
 
     /// Waits until this member has applied log index `index`.
@@ -513,7 +522,7 @@ impl RaftNode {
                 let cmds = codec::decode_forward(body).map_err(bad)?;
                 Ok(codec::encode_index_result(&self.propose_forwarded(cmds).await.map(|()| 0)))
             }
-            method::READ_INDEX => Ok(codec::encode_index_result(&self.leader_read_index().await)),
+            method::READ_INDEX => Ok(codec::encode_index_result(&join_read_round(&self.leader_reads).await)),
             other => Err(format!("unknown peer method {other:?}")),
         }
     }
@@ -696,6 +705,60 @@ impl RaftNode {
             tracing::error!(error = %e, "final flush of the store failed");
         }
     }
+}
+
+/// The read index on the leader: openraft's read log id (after confirming leadership with a
+/// quorum), but never below the last log index this process found at start. openraft 0.9
+/// lets a restarted leader resume its term without a new blank entry, and its committed
+/// index restored from disk may lag: entries acknowledged before a crash of the whole
+/// cluster could then lie above openraft's read log id (a stale read, found by the Jepsen
+/// test). Every acknowledged entry is in the leader's log, so waiting for the last one found
+/// at start covers them.
+async fn leader_read_index(raft: &Raft<TypeConfig>, startup_last_index: u64) -> Result<u64, WriteError> {
+    match raft.get_read_log_id().await {
+        Ok((read, _)) => Ok(read.map_or(0, |l| l.index).max(startup_last_index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id)),
+        Err(RaftError::APIError(e)) => Err(WriteError::Other(e.to_string())),
+        Err(RaftError::Fatal(_)) => Err(WriteError::Stopped),
+    }
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, WriteError>>;
+
+/// Most read-index requests waiting for a round.
+const READ_QUEUE: usize = 16_384;
+
+/// Read-index rounds: every request queued when a round starts is answered by that round, so
+/// concurrent linearizable reads share one leadership confirmation (one heartbeat round to a
+/// quorum, as etcd batches its read-index requests) instead of one each. A round starts
+/// after each request it answers arrived, so each gets a confirmation later than its own
+/// arrival: linearizable. One round at a time.
+fn spawn_read_rounds<F, Fut>(round: F) -> mpsc::Sender<ReadWaiter>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, WriteError>> + Send,
+{
+    let (tx, mut rx) = mpsc::channel::<ReadWaiter>(READ_QUEUE);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut waiting = vec![first];
+            while let Ok(w) = rx.try_recv() {
+                waiting.push(w);
+            }
+            let res = round().await;
+            for w in waiting {
+                let _ = w.send(res.clone());
+            }
+        }
+    });
+    tx
+}
+
+/// Waits for the next read-index round of `rounds`.
+async fn join_read_round(rounds: &mpsc::Sender<ReadWaiter>) -> Result<u64, WriteError> {
+    let (tx, rx) = oneshot::channel();
+    rounds.send(tx).await.map_err(|_| WriteError::Stopped)?;
+    rx.await.map_err(|_| WriteError::Stopped)?
 }
 
 /// This member is not the leader: who is, if anyone.
