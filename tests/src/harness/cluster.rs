@@ -338,6 +338,11 @@ impl Cluster {
         self.net.as_mut().expect("network faults need Cluster::start_partitionable")
     }
 
+    /// The network of a cluster started with [`Cluster::start_partitionable`], if it was.
+    pub fn net_opt(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
     /// Cuts member `i` off from every other member (both directions); clients still reach it.
     pub fn isolate(&mut self, i: usize) {
         self.net().isolate(i);
