@@ -11,6 +11,8 @@
 //!   the majority succeed. After the heal the old leader is a follower and catches up (HashKV
 //!   equal at one revision on every member).
 //!
+//! - `net_is_removed_on_drop_and_on_panic`: the harness's [`Net`] cleans up.
+//!
 //! How the calls fail on the isolated old leader is printed, not compared: etcd 3.5.1 answers
 //! a linearizable Range with Unavailable "etcdserver: request timed out" and a Put with
 //! Unknown "context deadline exceeded", both after several seconds (its request timeout);
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_proto::etcdserverpb::{HashKvRequest, StatusRequest};
-use cairn_tests::harness::{Cluster, ClusterOptions};
+use cairn_tests::harness::{Cluster, ClusterOptions, Net};
 use tonic::transport::Channel;
 
 use crate::cluster::{
@@ -246,4 +248,57 @@ async fn isolated_leader_differential() {
         line("old leader: hasleader watch:"),
         "old leader: hasleader watch: [stream failed: Unavailable \"etcdserver: no leader\"]"
     );
+}
+
+/// The namespaces and links of a [`Net`], as `ip` lists them.
+fn net_leftovers(namespaces: &[String], bridge_address: &str) -> Vec<String> {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = run(&["netns", "list"]);
+    let mut left: Vec<String> = namespaces
+        .iter()
+        .filter(|ns| listed.lines().any(|l| l.split_whitespace().next() == Some(ns)))
+        .cloned()
+        .collect();
+    if run(&["-4", "-o", "addr", "show"]).contains(&format!(" {bridge_address}/")) {
+        left.push(format!("the bridge with {bridge_address}"));
+    }
+    left
+}
+
+/// A [`Net`] removes its namespaces and bridge when dropped, also while a panic unwinds; cuts
+/// are neighbour entries that heal removes.
+#[test]
+fn net_is_removed_on_drop_and_on_panic() {
+    let mut net = Net::new(3);
+    let namespaces: Vec<String> = (0..3).map(|k| net.namespace(k).to_string()).collect();
+    let bridge = net.bridge_address();
+    assert!(net_leftovers(&namespaces, &bridge).len() == 4, "created: 3 namespaces and the bridge");
+    net.isolate(0);
+    assert_eq!(net.cuts(), vec![(0, 1), (0, 2)]);
+    let neigh = |ns: &str| {
+        let out = std::process::Command::new("ip").args(["-n", ns, "neigh", "show"]).output().expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(neigh(&namespaces[0]).contains(&format!("{} ", net.address(1))), "{}", neigh(&namespaces[0]));
+    assert!(neigh(&namespaces[2]).contains(&format!("{} ", net.address(0))), "{}", neigh(&namespaces[2]));
+    net.heal();
+    assert!(net.cuts().is_empty());
+    assert!(!neigh(&namespaces[0]).contains("PERMANENT"), "{}", neigh(&namespaces[0]));
+    drop(net);
+    assert_eq!(net_leftovers(&namespaces, &bridge), Vec::<String>::new());
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let panicked = std::thread::spawn(move || {
+        let net = Net::new(2);
+        tx.send(((0..2).map(|k| net.namespace(k).to_string()).collect::<Vec<_>>(), net.bridge_address()))
+            .expect("send the names");
+        panic!("a test failing while it owns a Net");
+    })
+    .join();
+    assert!(panicked.is_err());
+    let (namespaces, bridge) = rx.recv().expect("the names");
+    assert_eq!(net_leftovers(&namespaces, &bridge), Vec::<String>::new());
 }
