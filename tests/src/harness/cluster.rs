@@ -11,6 +11,12 @@
 //! [`Cluster::resume`] (SIGSTOP / SIGCONT: a hung member that keeps its sockets open). Dropping
 //! the cluster continues every paused process and kills every process (by pid, through each
 //! [`Server`]'s drop), so none outlives the test.
+//!
+//! [`Cluster::start_partitionable`] runs each member in its own network namespace of a
+//! [`Net`] (listening on the namespace's address instead of 127.0.0.1), which adds network
+//! partitions: [`Cluster::isolate`], [`Cluster::partition`], [`Cluster::heal_network`]. The
+//! test process reaches every member in every partition. The namespaces are removed after the
+//! members are killed, when the cluster is dropped.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -18,6 +24,7 @@ use std::time::{Duration, Instant};
 use etcd_client::Client;
 use tonic::transport::Channel;
 
+use super::netns::Net;
 use super::ports::free_port;
 use super::server::{connect, Server, ServerKind, ServerOptions, StartError};
 
@@ -71,6 +78,9 @@ impl ClusterOptions {
 pub struct Cluster {
     kind: ServerKind,
     members: Vec<Server>,
+    /// The namespaces the members run in ([`Cluster::start_partitionable`]). Declared after
+    /// `members`: dropped after every member is killed.
+    net: Option<Net>,
 }
 
 impl Cluster {
@@ -88,6 +98,17 @@ impl Cluster {
     /// Starts a cluster with explicit options. Panics (with the members' log tails) if it does
     /// not become ready in time.
     pub async fn start_with(kind: ServerKind, options: ClusterOptions) -> Cluster {
+        Cluster::start_in(kind, options, None).await
+    }
+
+    /// Like [`Cluster::start_with`], each member in its own network namespace (see
+    /// [`super::netns`]; needs root), so that members can be partitioned from each other.
+    pub async fn start_partitionable(kind: ServerKind, options: ClusterOptions) -> Cluster {
+        let net = Net::new(options.size);
+        Cluster::start_in(kind, options, Some(net)).await
+    }
+
+    async fn start_in(kind: ServerKind, options: ClusterOptions, net: Option<Net>) -> Cluster {
         assert!(options.size >= 1, "a cluster needs at least one member");
         static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let token =
@@ -107,10 +128,14 @@ impl Cluster {
                     ready_timeout: options.ready_timeout,
                     initial_cluster: None,
                 };
-                Server::unstarted(kind, server_options, free_port(), free_port())
+                let mut server = Server::unstarted(kind, server_options, free_port(), free_port());
+                if let Some(net) = &net {
+                    server.place_in(net.namespace(i), &net.address(i));
+                }
+                server
             })
             .collect();
-        let mut cluster = Cluster { kind, members };
+        let mut cluster = Cluster { kind, members, net };
         for attempt in 1..=START_ATTEMPTS {
             cluster.set_initial_cluster();
             for m in &mut cluster.members {
@@ -168,7 +193,7 @@ impl Cluster {
         &mut self.members[i]
     }
 
-    /// `127.0.0.1:<client port>` of member `i`.
+    /// `<host>:<client port>` of member `i` (host 127.0.0.1, or its namespace's address).
     pub fn endpoint(&self, i: usize) -> String {
         self.members[i].endpoint()
     }
@@ -308,6 +333,38 @@ impl Cluster {
         }
     }
 
+    /// The network of a cluster started with [`Cluster::start_partitionable`]; panics otherwise.
+    pub fn net(&mut self) -> &mut Net {
+        self.net.as_mut().expect("network faults need Cluster::start_partitionable")
+    }
+
+    /// The network of a cluster started with [`Cluster::start_partitionable`], if it was.
+    pub fn net_opt(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
+    /// Cuts member `i` off from every other member (both directions); clients still reach it.
+    pub fn isolate(&mut self, i: usize) {
+        self.net().isolate(i);
+    }
+
+    /// Cuts every pair of members in different groups (see [`Net::partition`]).
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        self.net().partition(groups);
+    }
+
+    /// Restores every cut link, if the cluster has a network.
+    pub fn heal_network(&mut self) {
+        if let Some(net) = self.net.as_mut() {
+            net.heal();
+        }
+    }
+
+    /// Whether some member is cut from another.
+    pub fn is_partitioned(&self) -> bool {
+        self.net.as_ref().is_some_and(|n| !n.cuts().is_empty())
+    }
+
     /// The members other than `i`, in order.
     pub fn others(&self, i: usize) -> Vec<usize> {
         (0..self.members.len()).filter(|&j| j != i).collect()
@@ -322,7 +379,11 @@ impl fmt::Display for Cluster {
 
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cluster").field("kind", &self.kind).field("members", &self.members).finish()
+        f.debug_struct("Cluster")
+            .field("kind", &self.kind)
+            .field("members", &self.members)
+            .field("net", &self.net)
+            .finish()
     }
 }
 
@@ -352,6 +413,7 @@ impl Cluster {
     /// refuses to start a member the cluster does not know — then starts it with
     /// [`Cluster::spawn_member`] and waits with [`Cluster::wait_serving`].
     pub fn add_joining_member(&mut self) -> usize {
+        assert!(self.net.is_none(), "joining members are not supported in a partitionable cluster");
         let first = self.members.first().expect("a cluster has at least one member").options().clone();
         let mut extra_args = first.extra_args;
         let state = extra_args

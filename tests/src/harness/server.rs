@@ -114,6 +114,10 @@ pub struct Server {
     /// A paused process is continued before it is signalled to exit, so that none is ever left
     /// stopped behind a test.
     paused: bool,
+    /// The address it listens on and advertises (`127.0.0.1` unless placed in a namespace).
+    host: String,
+    /// The network namespace it runs in (`ip netns exec`), if any; see [`super::netns`].
+    netns: Option<String>,
 }
 
 impl Server {
@@ -166,6 +170,8 @@ impl Server {
             starts: 0,
             log_on_failure: true,
             paused: false,
+            host: "127.0.0.1".to_string(),
+            netns: None,
         }
     }
 
@@ -176,6 +182,19 @@ impl Server {
         let _ = std::fs::remove_dir_all(self.data_dir());
         self.client_port = client_port;
         self.peer_port = peer_port;
+    }
+
+    /// Runs the server in the network namespace `netns`, listening on and advertising `host`
+    /// (an address of that namespace). For the next start.
+    pub(crate) fn place_in(&mut self, netns: &str, host: &str) {
+        assert!(self.child.is_none(), "{self}: place_in while a process is running");
+        self.netns = Some(netns.to_string());
+        self.host = host.to_string();
+    }
+
+    /// The network namespace the server runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// Replaces `--initial-cluster` (for the next start).
@@ -204,29 +223,35 @@ impl Server {
         &self.options
     }
 
-    /// The client port on 127.0.0.1.
+    /// The address it listens on: `127.0.0.1`, or its namespace's address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The client port.
     pub fn client_port(&self) -> u16 {
         self.client_port
     }
 
-    /// The peer port on 127.0.0.1.
+    /// The peer port.
     pub fn peer_port(&self) -> u16 {
         self.peer_port
     }
 
-    /// `127.0.0.1:<client port>`, the form etcdctl and etcd-client take.
+    /// `<host>:<client port>` (host `127.0.0.1` unless in a namespace), the form etcdctl and
+    /// etcd-client take.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://<host>:<client port>`.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
-    /// `http://127.0.0.1:<peer port>`.
+    /// `http://<host>:<peer port>`.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     /// The data directory (`--data-dir`).
@@ -404,8 +429,15 @@ impl Server {
     pub(crate) fn spawn(&mut self) {
         assert!(self.child.is_none(), "{self}: spawn while a process is running");
         self.starts += 1;
-        let binary = self.kind.binary();
-        let args = self.args();
+        let mut binary = self.kind.binary();
+        let mut args = self.args();
+        if let Some(ns) = &self.netns {
+            // `ip netns exec` execs the server: the pid is the server's, for signals.
+            let mut wrapped = vec!["netns".to_string(), "exec".to_string(), ns.clone(), binary.display().to_string()];
+            wrapped.extend(args);
+            args = wrapped;
+            binary = PathBuf::from("ip");
+        }
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -480,6 +512,7 @@ impl fmt::Debug for Server {
             .field("kind", &self.kind)
             .field("endpoint", &self.endpoint())
             .field("peer_port", &self.peer_port)
+            .field("netns", &self.netns)
             .field("dir", &self.dir.path())
             .field("pid", &self.pid())
             .field("paused", &self.paused)

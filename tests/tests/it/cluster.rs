@@ -47,9 +47,9 @@ pub(crate) static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::M
 /// `rpctypes.MetadataRequireLeaderKey` / `MetadataHasLeader`).
 const HAS_LEADER: (&str, &str) = ("hasleader", "true");
 /// How long a member without a leader is watched for what its streams do.
-const NO_LEADER_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const NO_LEADER_WINDOW: Duration = Duration::from_secs(10);
 /// How long to wait for one expected response on a stream.
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// How long writes are retried while a new leader is elected.
 const FAILOVER: Duration = Duration::from_secs(15);
 
@@ -59,19 +59,40 @@ pub(crate) async fn differential<F>(name: &str, options: ClusterOptions, scenari
 where
     F: AsyncFn(&mut Cluster) -> Vec<String>,
 {
+    differential_in(name, options, false, scenario).await
+}
+
+/// [`differential`], with each cluster in network namespaces if `partitionable` (see
+/// [`Cluster::start_partitionable`]).
+pub(crate) async fn differential_in<F>(
+    name: &str,
+    options: ClusterOptions,
+    partitionable: bool,
+    scenario: F,
+) -> Vec<String>
+where
+    F: AsyncFn(&mut Cluster) -> Vec<String>,
+{
+    let start = async |kind: ServerKind, options: ClusterOptions| {
+        if partitionable {
+            Cluster::start_partitionable(kind, options).await
+        } else {
+            Cluster::start_with(kind, options).await
+        }
+    };
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let subject = subject_kind();
     let _ = ServerKind::Etcd.binary();
     let _ = subject.binary();
     let want = {
-        let mut etcd = Cluster::start_with(ServerKind::Etcd, options.clone()).await;
+        let mut etcd = start(ServerKind::Etcd, options.clone()).await;
         scenario(&mut etcd).await
     };
     if std::env::var("CAIRN_DIFF_PRINT").is_ok_and(|v| v == "1") {
         println!("{name} (etcd):\n{}", want.join("\n"));
     }
     let got = {
-        let mut cluster = Cluster::start_with(subject, options).await;
+        let mut cluster = start(subject, options).await;
         scenario(&mut cluster).await
     };
     for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
@@ -95,20 +116,20 @@ where
 
 // ================================================================ small helpers
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn status_text(s: &Status) -> String {
+pub(crate) fn status_text(s: &Status) -> String {
     format!("{:?} {:?}", s.code(), s.message())
 }
 
-fn rev(h: &Option<pb::ResponseHeader>) -> i64 {
+pub(crate) fn rev(h: &Option<pb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(-1, |h| h.revision)
 }
 
 /// `request` with the `hasleader: true` metadata if `has_leader`.
-fn with_leader<T>(message: T, has_leader: bool) -> Request<T> {
+pub(crate) fn with_leader<T>(message: T, has_leader: bool) -> Request<T> {
     let mut r = Request::new(message);
     if has_leader {
         r.metadata_mut().insert(HAS_LEADER.0, HAS_LEADER.1.parse().expect("ASCII metadata"));
@@ -116,7 +137,7 @@ fn with_leader<T>(message: T, has_leader: bool) -> Request<T> {
     r
 }
 
-fn range(key: &str, serializable: bool) -> RangeRequest {
+pub(crate) fn range(key: &str, serializable: bool) -> RangeRequest {
     RangeRequest { key: Bytes::from(key.to_string()), serializable, ..Default::default() }
 }
 
@@ -132,11 +153,11 @@ fn prefix_range(prefix: &str, serializable: bool, count_only: bool) -> RangeRequ
     }
 }
 
-fn put_req(key: &str, value: &str, lease: i64) -> PutRequest {
+pub(crate) fn put_req(key: &str, value: &str, lease: i64) -> PutRequest {
     PutRequest { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()), lease, ..Default::default() }
 }
 
-fn create_watch(key: &str, start_revision: i64, all_keys: bool) -> WatchRequest {
+pub(crate) fn create_watch(key: &str, start_revision: i64, all_keys: bool) -> WatchRequest {
     WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
             key: Bytes::from(if all_keys { vec![0u8] } else { key.as_bytes().to_vec() }),
@@ -153,7 +174,7 @@ fn show_event(e: &mvccpb::Event) -> String {
     format!("{kind} {}={} @{}", text(&kv.key), text(&kv.value), kv.mod_revision)
 }
 
-fn show_watch_response(r: &WatchResponse) -> String {
+pub(crate) fn show_watch_response(r: &WatchResponse) -> String {
     if r.created {
         return "created".to_string();
     }
@@ -172,7 +193,7 @@ fn show_keepalive(r: &LeaseKeepAliveResponse) -> String {
 
 /// A coarse bucket for how long after `since` something happened: etcd's timings depend on
 /// the election timeout and scheduling, the transcript only on the bucket.
-fn bucket(elapsed: Duration) -> &'static str {
+pub(crate) fn bucket(elapsed: Duration) -> &'static str {
     if elapsed < Duration::from_secs(1) {
         "within 1s"
     } else if elapsed < NO_LEADER_WINDOW {
@@ -183,7 +204,7 @@ fn bucket(elapsed: Duration) -> &'static str {
 }
 
 /// Polls `f` until it returns `Some`, for at most `limit`; panics with `what` otherwise.
-async fn until<T, F>(what: &str, limit: Duration, mut f: F) -> T
+pub(crate) async fn until<T, F>(what: &str, limit: Duration, mut f: F) -> T
 where
     F: AsyncFnMut() -> Option<T>,
 {
@@ -200,7 +221,7 @@ where
 // ================================================================ recorded raw streams
 
 /// One thing a server stream yielded, with when it arrived.
-enum Item<T> {
+pub(crate) enum Item<T> {
     Message(T),
     /// The stream ended with this gRPC status.
     Failed(Status),
@@ -211,11 +232,11 @@ enum Item<T> {
 /// A raw bidirectional stream whose responses a background task records as they arrive, so
 /// that what happened when can be read afterwards. The request sender is kept open: a closed
 /// request stream would be a client-side end.
-struct Recorded<Req, Resp> {
+pub(crate) struct Recorded<Req, Resp> {
     requests: mpsc::Sender<Req>,
     items: mpsc::UnboundedReceiver<(Instant, Item<Resp>)>,
     /// Set once the stream has ended (failed or OK).
-    ended: bool,
+    pub(crate) ended: bool,
 }
 
 impl<Req, Resp: Send + 'static> Recorded<Req, Resp> {
@@ -238,7 +259,7 @@ impl<Req, Resp: Send + 'static> Recorded<Req, Resp> {
     }
 
     /// The next item within `limit`, or `None`.
-    async fn next_within(&mut self, limit: Duration) -> Option<(Instant, Item<Resp>)> {
+    pub(crate) async fn next_within(&mut self, limit: Duration) -> Option<(Instant, Item<Resp>)> {
         if self.ended {
             return None;
         }
@@ -250,7 +271,7 @@ impl<Req, Resp: Send + 'static> Recorded<Req, Resp> {
     }
 
     /// Every item that has arrived so far, without waiting.
-    fn drain(&mut self) -> Vec<(Instant, Item<Resp>)> {
+    pub(crate) fn drain(&mut self) -> Vec<(Instant, Item<Resp>)> {
         let mut out = Vec::new();
         while let Ok(item) = self.items.try_recv() {
             if !matches!(item.1, Item::Message(_)) {
@@ -262,13 +283,13 @@ impl<Req, Resp: Send + 'static> Recorded<Req, Resp> {
     }
 }
 
-type RawWatch = Recorded<WatchRequest, WatchResponse>;
+pub(crate) type RawWatch = Recorded<WatchRequest, WatchResponse>;
 type RawKeepAlive = Recorded<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
 
 /// Opens a Watch stream on `ch` and sends `first` on it. etcd sends the response headers with
 /// its first message, so the call is awaited after the first request is queued. `Err` is the
 /// status the server answered instead of opening the stream (or a timeout, as Unknown).
-async fn open_watch(ch: &Channel, has_leader: bool, first: WatchRequest) -> Result<RawWatch, Status> {
+pub(crate) async fn open_watch(ch: &Channel, has_leader: bool, first: WatchRequest) -> Result<RawWatch, Status> {
     let (tx, rx) = mpsc::channel(16);
     tx.send(first).await.expect("the request stream is open");
     let mut client = WatchClient::new(ch.clone());
@@ -294,7 +315,7 @@ async fn open_keepalive(ch: &Channel, has_leader: bool, lease: i64) -> Result<Ra
 }
 
 /// Describes the items of a stream; times are bucketed relative to `since`.
-fn describe<T>(items: &[(Instant, Item<T>)], since: Instant, show: impl Fn(&T) -> String) -> Vec<String> {
+pub(crate) fn describe<T>(items: &[(Instant, Item<T>)], since: Instant, show: impl Fn(&T) -> String) -> Vec<String> {
     items
         .iter()
         .map(|(at, item)| {
@@ -309,7 +330,7 @@ fn describe<T>(items: &[(Instant, Item<T>)], since: Instant, show: impl Fn(&T) -
 }
 
 /// The next message of `s` within [`WAIT`], described; panics on an end or a timeout.
-async fn next_message<Req, Resp: Send + 'static>(
+pub(crate) async fn next_message<Req, Resp: Send + 'static>(
     s: &mut Recorded<Req, Resp>,
     what: &str,
     show: impl Fn(&Resp) -> String,
@@ -656,7 +677,7 @@ async fn writes_on_any_member_are_read_everywhere() {
 
 /// Puts `key` through `kv` until it succeeds, each try bounded to 2 s, for at most
 /// [`FAILOVER`]. Returns the errors seen before the success.
-async fn put_retrying(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Vec<String> {
+pub(crate) async fn put_retrying(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Vec<String> {
     let deadline = Instant::now() + FAILOVER;
     let mut errors = Vec::new();
     loop {
@@ -671,7 +692,7 @@ async fn put_retrying(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Vec
 }
 
 /// Every key (keys only, sorted) and the header revision, read by member `i`.
-async fn all_keys(kv: &mut KvClient<Channel>, serializable: bool) -> Option<(Vec<String>, i64)> {
+pub(crate) async fn all_keys(kv: &mut KvClient<Channel>, serializable: bool) -> Option<(Vec<String>, i64)> {
     let req = RangeRequest {
         key: Bytes::from(vec![0u8]),
         range_end: Bytes::from(vec![0u8]),

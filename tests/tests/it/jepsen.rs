@@ -14,10 +14,16 @@
 //! - The nemesis, one fault at a time with a calm gap between: kill -9 the leader then restart
 //!   it; kill -9 a follower then restart it; SIGSTOP a member for 1-3 s then SIGCONT; more
 //!   rarely kill -9 the leader and a follower (quorum lost) or every member, then restart
-//!   them together (acknowledged writes must survive). No network partitions (no iptables on
-//!   the test machines).
+//!   them together (acknowledged writes must survive); network partitions for 1-4 s while
+//!   the clients keep talking to every member (the members run in network namespaces,
+//!   [`Cluster::start_partitionable`], which needs root): the leader isolated from both
+//!   peers, a random member isolated, or one link cut (a partial partition: the third
+//!   member still sees both ends).
 //! - Afterwards: every member is running and continued, the clients go on for [`SETTLE`] on
 //!   the healed cluster, then the history of each key is checked on its own.
+//!
+//! `CAIRN_JEPSEN_PARTITIONS=0` runs the members on 127.0.0.1 without partitions (where network
+//! namespaces are not available: no root); partitions become pauses.
 //!
 //! One printed seed (`CAIRN_JEPSEN_SEED` to replay) fixes the clients' operation choices and
 //! the nemesis's choices; timing still varies between runs, so a replay is not exact.
@@ -92,7 +98,13 @@ async fn linearizable_under_faults() {
     });
     println!("jepsen: {kind}, {fault_secs} s of faults, seed {seed} (CAIRN_JEPSEN_SEED={seed} to replay the choices)");
 
-    let mut cluster = Cluster::start_with(kind, ClusterOptions::default()).await;
+    let partitions = std::env::var("CAIRN_JEPSEN_PARTITIONS").map_or(true, |v| v.trim() != "0");
+    let mut cluster = if partitions {
+        Cluster::start_partitionable(kind, ClusterOptions::default()).await
+    } else {
+        println!("jepsen: CAIRN_JEPSEN_PARTITIONS=0: members on 127.0.0.1, no partitions");
+        Cluster::start_with(kind, ClusterOptions::default()).await
+    };
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -320,18 +332,23 @@ impl std::fmt::Display for Event {
 /// Injects faults, one at a time, until `duration` after `origin` has passed. Each fault ends
 /// healed (the member restarted and serving, or continued).
 async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, duration: Duration) -> Vec<Event> {
+    let partitions = cluster.net_opt().is_some();
     let mut events = Vec::new();
     while origin.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
         let at = origin.elapsed();
         // 0: the leader crashes, 1: a follower crashes, 2: a pause, 3: the leader and a follower
-        // crash (quorum lost), 4: every member crashes. The last two are rarer.
-        let fault = match rng.gen_range(0..10) {
+        // crash (quorum lost), 4: every member crashes, 5: a network partition. 3 and 4 are
+        // rarer. The first fault is a partition, so that every run has one.
+        let fault = match rng.gen_range(0..14) {
+            _ if events.is_empty() && partitions => 5,
+            10.. if !partitions => 2,
             0..3 => 0,
             3..5 => 1,
             5..8 => 2,
             8 => 3,
-            _ => 4,
+            9 => 4,
+            _ => 5,
         };
         // Looked up for a pause too, only to say in the log which role was paused.
         let leader = cluster.leader_within(LEADER_LOOKUP).await;
@@ -367,6 +384,37 @@ async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, durat
                 let which = if fault == 4 { "every member" } else { "leader and a follower" };
                 format!("kill -9 {which} ({}) for {:.1}s, restarted together", names.join(" "), down.as_secs_f64())
             }
+            (5, _) => {
+                let cut = Duration::from_millis(rng.gen_range(1000..4000));
+                let kind = rng.gen_range(0..4);
+                let what = match (kind, leader) {
+                    (0 | 1, Some(l)) => {
+                        cluster.isolate(l);
+                        format!("isolate the leader n{}", l + 1)
+                    }
+                    (3, _) => {
+                        let a = leader.unwrap_or_else(|| rng.gen_range(0..cluster.size()));
+                        let others = cluster.others(a);
+                        let b = others[rng.gen_range(0..others.len())];
+                        cluster.net().cut(a, b);
+                        let role = if leader == Some(a) { "the leader" } else { "member" };
+                        format!("cut the link between {role} n{} and n{} (partial partition)", a + 1, b + 1)
+                    }
+                    _ => {
+                        let v = rng.gen_range(0..cluster.size());
+                        cluster.isolate(v);
+                        let role = match leader {
+                            Some(l) if l == v => "the leader",
+                            Some(_) => "a follower",
+                            None => "member (no agreed leader found)",
+                        };
+                        format!("isolate {role} n{}", v + 1)
+                    }
+                };
+                tokio::time::sleep(cut).await;
+                cluster.heal_network();
+                format!("{what} for {:.1}s, healed", cut.as_secs_f64())
+            }
             _ => {
                 let victim = rng.gen_range(0..cluster.size());
                 let paused = Duration::from_millis(rng.gen_range(1000..3000));
@@ -386,8 +434,10 @@ async fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, origin: Instant, durat
     events
 }
 
-/// Continues every paused member and restarts every member that is not running.
+/// Heals the network, continues every paused member and restarts every member that is not
+/// running.
 async fn heal(cluster: &mut Cluster) {
+    cluster.heal_network();
     for i in 0..cluster.size() {
         if cluster.member(i).is_paused() {
             cluster.resume(i);

@@ -26,6 +26,8 @@
 //!   MemberPromote, MemberList, MemberRemove (the removed member exits; also of the leader)
 //!   and MemberUpdate,
 //!   compared with a 3-member etcd cluster.
+//! - `partition`: network partitions (members in network namespaces, needs root): an
+//!   isolated leader that its clients still reach, compared with etcd.
 //!
 //! `CAIRN_DIFF_AGAINST=etcd` runs the Cairn side against a second etcd (checks the tests).
 
@@ -41,4 +43,5 @@ mod lease;
 mod lock;
 mod maintenance;
 mod membership;
+mod partition;
 mod watch;
