@@ -203,6 +203,19 @@ pub(crate) fn initial_member_ids(cfg: &Config) -> Result<Vec<(u64, String)>, Str
     Ok(out)
 }
 
+/// Accepted connections of `l`, each with TCP_NODELAY: small requests and responses must
+/// not wait for Nagle's algorithm (a 40 ms stall against delayed ACKs).
+fn nodelay_incoming(
+    l: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
+        s.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    })
+}
+
 /// The number of live keys, once at start (the metrics keep it up to date from then on).
 fn count_keys(node: &RaftNode) -> Result<i64, String> {
     let view = node.store().read().map_err(|e| e.to_string())?;
@@ -271,12 +284,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                     .max_encoding_message_size(peer::MAX_PEER_MESSAGE),
             );
         let mut stop = stop_tx.subscribe();
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
-            s.and_then(|s| {
-                s.set_nodelay(true)?;
-                Ok(s)
-            })
-        });
+        let incoming = nodelay_incoming(l);
         servers.push(tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -469,14 +477,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .layer(leader::RequireLeaderLayer { node: node.clone() })
             .add_routes(tonic::service::Routes::from(all));
         let mut stop = stop_tx.subscribe();
-        // Small requests and responses must not wait for Nagle's algorithm (a 40 ms stall
-        // against delayed ACKs): every accepted connection gets TCP_NODELAY.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
-            s.and_then(|s| {
-                s.set_nodelay(true)?;
-                Ok(s)
-            })
-        });
+        let incoming = nodelay_incoming(l);
         servers.push(tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {

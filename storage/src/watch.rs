@@ -89,6 +89,16 @@ struct Watcher {
     pending_bytes: usize,
 }
 
+/// Marks watcher `id` of `stream` as having work; its stream's waker goes into `wake` the
+/// first time (woken after the hub's lock is released).
+fn mark_dirty(streams: &mut HashMap<StreamId, StreamState>, stream: StreamId, id: WatcherId, wake: &mut Vec<Waker>) {
+    if let Some(s) = streams.get_mut(&stream) {
+        if s.dirty.insert(id) {
+            wake.push(s.waker.clone());
+        }
+    }
+}
+
 impl Watcher {
     /// Drops the queue: the watcher replays from storage from `next_rev` (nothing it was
     /// given is given again; `next_rev` moves only when events are taken).
@@ -252,11 +262,7 @@ impl WatchHub {
                     // Too far behind: drop the queue, replay from storage later.
                     w.unsync();
                 }
-                if let Some(s) = streams.get_mut(&w.stream) {
-                    if s.dirty.insert(*id) {
-                        wake.push(s.waker.clone());
-                    }
-                }
+                mark_dirty(streams, w.stream, *id, &mut wake);
             }
         }
         for w in wake {
@@ -282,11 +288,7 @@ impl WatchHub {
                     continue;
                 }
                 w.unsync();
-                if let Some(s) = streams.get_mut(&w.stream) {
-                    if s.dirty.insert(*id) {
-                        wake.push(s.waker.clone());
-                    }
-                }
+                mark_dirty(streams, w.stream, *id, &mut wake);
             }
         }
         for w in wake {
