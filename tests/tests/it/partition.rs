@@ -31,12 +31,17 @@ use tonic::transport::Channel;
 
 use crate::cluster::{
     all_keys, create_watch, describe, differential_in, next_message, open_watch, put_req, put_retrying, range,
-    show_watch_response, status_text, text, until, Item, NO_LEADER_WINDOW, WAIT,
+    show_watch_response, status_text, text, until, Item, NO_LEADER_WINDOW,
 };
 
 /// The bound of one call on the isolated member: above etcd's request timeout (5 s + two
 /// election timeouts) so that its own error shows.
 const CALL_LIMIT: Duration = Duration::from_secs(9);
+
+/// How long the old leader may take to catch up after the heal. etcd's member reconnects its
+/// peer streams over connections whose packets were dropped during the cut; on a loaded
+/// machine that took over 10 s (a CI run).
+const HEAL_WAIT: Duration = Duration::from_secs(60);
 
 /// A coarse bucket for how long something took (the transcript holds only the bucket).
 fn took(elapsed: Duration) -> &'static str {
@@ -124,7 +129,7 @@ async fn isolated_leader_differential() {
         println!("[{}] the majority elected {new_id:x} {elected:?} after the isolation", c.kind());
         t.push(format!(
             "the majority elects a new leader: {}",
-            if elected < Duration::from_secs(3) { "within 3s" } else { "after 3s" }
+            if elected < Duration::from_secs(5) { "within 5s" } else { "after 5s" }
         ));
 
         // What the old leader's Status says, about 2 s after it was cut off.
@@ -210,7 +215,7 @@ async fn isolated_leader_differential() {
         let leader = c.leader().await;
         println!("[{}] after the heal: leader n{} after {:?}", c.kind(), leader + 1, healed_at.elapsed());
         t.push(format!("after the heal, the old leader leads: {}", leader == old));
-        let (keys, _) = until("the old leader's serializable reads see the majority's writes", WAIT, async || {
+        let (keys, _) = until("the old leader's serializable reads see the majority's writes", HEAL_WAIT, async || {
             all_keys(&mut kv_old, true).await.filter(|(keys, _)| keys.iter().any(|k| k == "during"))
         })
         .await;
@@ -222,7 +227,7 @@ async fn isolated_leader_differential() {
         for i in 0..c.size() {
             let ch = c.channel(i).await;
             let mut kv = KvClient::new(ch.clone());
-            until("every member has applied the last revision", WAIT, async || {
+            until("every member has applied the last revision", HEAL_WAIT, async || {
                 all_keys(&mut kv, true).await.filter(|(_, r)| *r >= at)
             })
             .await;
