@@ -227,13 +227,21 @@ fn writer_loop(
     fsyncs: Arc<AtomicU64>,
     fsync_times: Arc<DurationHistogram>,
 ) {
+    // A committed-index hint alone does not make a group: it waits for the next one (a
+    // separate fsync for it would double the fsyncs of a lone client's writes).
+    let mut hint: Option<WriteOp> = None;
     while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
+        let mut ops: Vec<WriteOp> = hint.take().into_iter().collect();
+        ops.push(first);
         while ops.len() < GROUP_MAX_OPS {
             match rx.try_recv() {
                 Ok(op) => ops.push(op),
                 Err(_) => break,
             }
+        }
+        if ops.iter().all(|op| matches!(op, WriteOp::Committed { .. })) {
+            hint = ops.pop();
+            continue;
         }
         let started = std::time::Instant::now();
         let result = write_group(&db, &ops).map_err(|e| e.to_string());
