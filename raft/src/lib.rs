@@ -3,7 +3,8 @@
 //!
 //! Modules:
 //! - [`node`]: [`RaftNode`]: start/bootstrap, `write`, `read_index`, status.
-//! - [`log_store`]: the raft log in its own redb file, group commit on a writer thread.
+//! - [`log_store`]: the raft log, a write-ahead log of segment files, group commit on a
+//!   writer thread; [`legacy_log`] reads the redb log of earlier versions once.
 //! - [`state_machine`]: applies committed entries to `cairn_storage::Store`; snapshots.
 //! - [`network`]: the peer network: openraft's RPCs over a [`PeerTransport`].
 //! - [`codec`]: byte formats of entries, votes and snapshot meta.
@@ -14,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod legacy_log;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -25,7 +25,7 @@ pub struct NodeConfig {
     /// Every member of a new cluster, this one included: member ID -> peer URL (etcd's
     /// `--initial-cluster`). Used only when the member starts with an empty log.
     pub initial_members: BTreeMap<u64, String>,
-    /// Directory holding `state.redb`, `raft-log.redb` and `snap/`.
+    /// Directory holding `state.redb`, the raft log `wal/` and `snap/`.
     pub dir: PathBuf,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
@@ -307,7 +307,8 @@ impl RaftNode {
         }
         let state_path = cfg.dir.join("state.redb");
         let store = Arc::new(Store::open(&state_path, StoreOptions::default()).map_err(|e| e.to_string())?);
-        let log = LogStore::open(&cfg.dir.join("raft-log.redb")).map_err(|e| e.to_string())?;
+        let log =
+            LogStore::open(&cfg.dir.join("wal"), Some(&cfg.dir.join("raft-log.redb"))).map_err(|e| e.to_string())?;
         let startup_last_index = {
             use openraft::storage::RaftLogStorage;
             let mut l = log.clone();

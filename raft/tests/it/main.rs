@@ -4,3 +4,4 @@
 mod group;
 mod node;
 mod suite;
+mod wal;

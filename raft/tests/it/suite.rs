@@ -11,7 +11,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("raft-log.redb"))?;
+        let log = LogStore::open(&dir.path().join("wal"), None)?;
         let store = Arc::new(Store::open(&dir.path().join("state.redb"), StoreOptions::default()).expect("open store"));
         let sm = StateMachine::new(store, dir.path().join("snap"))?;
         Ok((dir, log, sm))
