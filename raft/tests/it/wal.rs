@@ -20,7 +20,8 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 fn entry(term: u64, index: u64) -> Entry {
     // Blank and normal entries (normal ones with no commands: the payload tag is what differs).
-    let payload = if index.is_multiple_of(3) { EntryPayload::Blank } else { EntryPayload::Normal(Request::local(Vec::new())) };
+    let payload =
+        if index.is_multiple_of(3) { EntryPayload::Blank } else { EntryPayload::Normal(Request::local(Vec::new())) };
     Entry { log_id: log_id(term, index), payload }
 }
 
