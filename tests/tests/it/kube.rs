@@ -23,12 +23,17 @@
 //! - pagination: 30 configmaps listed with `limit=10` following `continue` tokens while
 //!   objects are created and deleted between pages (the pages show the first page's
 //!   snapshot), a fresh paginated list, a paginated list with a label selector;
-//! - a ~1 MB configmap (stored and read back), one over the apiserver's 1 MiB limit (422),
-//!   and one that passes validation but whose stored form (~1.8 MB) is over etcd's 1.5 MiB
-//!   request limit (what the store answers goes back to the client);
+//! - a ~1 MB configmap (stored and read back), one over the apiserver's 1 MiB limit (422);
+//!   one whose stored form is over etcd's 1.5 MiB request limit only with its managedFields
+//!   (the apiserver retries without them when the store answers "request is too large"),
+//!   and one over the limit without them (500 "etcdserver: request is too large");
 //! - deleting a namespace: Terminating, creation in it refused (403), `finalize`, gone;
 //! - the store afterwards, read with etcdctl: the keys under `/registry/configmaps/<ns>/`
-//!   and `/registry/namespaces/<ns>`, and the stored value of the big configmap.
+//!   and `/registry/namespaces/<ns>`, the stored value of the big configmap (protobuf
+//!   envelope `k8s\0`), the resources the apiserver's post-start hooks wrote;
+//! - a compaction of the store (etcdctl) under the running apiserver: a list at an older
+//!   resourceVersion, a continue token from before and a watch from an older
+//!   resourceVersion get 410 Gone (Expired); current objects are still served.
 //!
 //! Normalised: uids, timestamps, continue tokens, and resourceVersions. The resourceVersions
 //! of the scenario's objects are replaced by their rank among all object resourceVersions of
@@ -138,11 +143,12 @@ fn scenario(api: &KubeApiserver, store: &Server) -> Vec<String> {
     let mut t = Vec::new();
     health(api, &mut t);
     namespace(api, &mut t);
-    configmap_life(api, &mut t);
+    let (list_rv, created_rv) = configmap_life(api, &mut t);
     pagination(api, &mut t);
     big_objects(api, &mut t);
     namespace_deletion(api, &mut t);
     store_contents(store, &mut t);
+    compaction(api, store, &list_rv, &created_rv, &mut t);
     t
 }
 
@@ -176,13 +182,13 @@ fn configmap(name: &str, data: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data})
 }
 
-fn configmap_life(api: &KubeApiserver, t: &mut Vec<String>) {
+fn configmap_life(api: &KubeApiserver, t: &mut Vec<String>) -> (String, String) {
     t.push("== configmap life".into());
     let base = format!("/api/v1/namespaces/{NS}/configmaps");
     let cm = format!("{base}/cm1");
     let list = api.get(&base);
     t.push(format!("list -> {}", list.show()));
-    let rv0 = list.list_rv();
+    let rv0 = list.rv();
     let live = Watch::open(api, &format!("{base}?watch=1&resourceVersion={rv0}"));
 
     let r = api.call("POST", &base, Some(&configmap("cm1", json!({"k": "v1"}))));
@@ -231,6 +237,7 @@ fn configmap_life(api: &KubeApiserver, t: &mut Vec<String>) {
     let future = rv0.parse::<u64>().expect("a list resourceVersion is a number") + 1_000_000;
     let r = api.get(&format!("{base}?resourceVersion={future}&resourceVersionMatch=Exact"));
     t.push(format!("list at a future resourceVersion (Exact) -> {}", r.show_with(&[&future.to_string()])));
+    (rv0, rv_created)
 }
 
 fn pagination(api: &KubeApiserver, t: &mut Vec<String>) {
@@ -253,7 +260,7 @@ fn pagination(api: &KubeApiserver, t: &mut Vec<String>) {
 
     let first = api.get(&format!("{base}?limit=10"));
     t.push(format!("list limit=10 -> {}", first.show()));
-    let snapshot_rv = first.list_rv();
+    let snapshot_rv = first.rv();
     // Between pages: a new object after the last page, one deleted from the second page. The
     // next pages are read at the first page's revision and show neither change.
     let r = api.call("POST", &base, Some(&configmap("cm-30", json!({}))));
@@ -265,7 +272,7 @@ fn pagination(api: &KubeApiserver, t: &mut Vec<String>) {
     while let Some(c) = token {
         let r = api.get(&format!("{base}?limit=10&continue={}", url_encode(&c)));
         t.push(format!("list limit=10 page {page} -> {}", r.show()));
-        t.push(format!("page {page} served at the first page's resourceVersion: {}", r.list_rv() == snapshot_rv));
+        t.push(format!("page {page} served at the first page's resourceVersion: {}", r.rv() == snapshot_rv));
         token = r.continue_token();
         page += 1;
         assert!(page < 10, "pagination does not end");
@@ -336,7 +343,7 @@ fn namespace_deletion(api: &KubeApiserver, t: &mut Vec<String>) {
     t.push(format!("create a configmap in it -> {}", r.show()));
     // No namespace controller runs (no kube-controller-manager): do its last step, empty the
     // finalizers, by hand. The configmaps stay in the store (nobody deletes them).
-    let mut ns = r_json(api.get(&path));
+    let mut ns = api.get(&path).json();
     ns["spec"]["finalizers"] = json!([]);
     let r = api.call("PUT", &format!("{path}/finalize"), Some(&ns));
     t.push(format!("finalize it -> {}", r.show()));
@@ -349,10 +356,6 @@ fn namespace_deletion(api: &KubeApiserver, t: &mut Vec<String>) {
         .unwrap_or_default();
     names.sort();
     t.push(format!("namespaces -> {} {}", r.code, names.join(",")));
-}
-
-fn r_json(r: Resp) -> Value {
-    r.json()
 }
 
 fn store_contents(store: &Server, t: &mut Vec<String>) {
@@ -403,6 +406,40 @@ fn store_contents(store: &Server, t: &mut Vec<String>) {
     t.push(format!("bootstrap resources missing under /registry/: {missing:?}"));
 }
 
+/// The store compacted (with etcdctl, to its current revision) under the apiserver: reads
+/// at older resourceVersions get 410 Gone, from the store's `Compacted` errors.
+fn compaction(api: &KubeApiserver, store: &Server, list_rv: &str, created_rv: &str, t: &mut Vec<String>) {
+    t.push("== compaction".into());
+    let base = format!("/api/v1/namespaces/{NS}/configmaps");
+    let first = api.get(&format!("{base}?limit=1"));
+    t.push(format!(
+        "list limit=1 before the compaction -> {} continue={}",
+        first.code,
+        first.continue_token().is_some()
+    ));
+    // A write after the first page: its revision is below the compaction's.
+    let r = api.call("POST", &base, Some(&configmap("after-first-page", json!({}))));
+    t.push(format!("create after-first-page -> {}", r.code));
+    let ep = store.endpoint();
+    let out = etcdctl(&ep, &["get", "compaction-probe", "-w", "json"]);
+    let v: Value = serde_json::from_str(out.ok()).expect("etcdctl -w json prints JSON");
+    let revision = v["header"]["revision"].as_i64().expect("a header revision").to_string();
+    let out = etcdctl(&ep, &["compaction", &revision]);
+    t.push(format!("etcdctl compaction <current revision> -> {}", out.ok().trim().replace(&revision, "<revision>")));
+
+    let r = api.get(&format!("{base}?resourceVersion={created_rv}&resourceVersionMatch=Exact"));
+    t.push(format!("list at cm1's creation (Exact) -> {}", r.show_with(&[created_rv, &revision])));
+    if let Some(c) = first.continue_token() {
+        let r = api.get(&format!("{base}?limit=1&continue={}", url_encode(&c)));
+        t.push(format!("list limit=1, the continue token from before -> {}", r.show_with(&[&revision])));
+    }
+    let watch = Watch::open(api, &format!("{base}?watch=1&resourceVersion={list_rv}"));
+    let events = watch.events(1).into_iter().map(|e| e.replace(list_rv, "<rv>").replace(&revision, "<revision>"));
+    t.push(format!("watch from the first list's resourceVersion: {}", events.collect::<Vec<_>>().join(" | ")));
+    let r = api.get(&format!("{base}/big"));
+    t.push(format!("get big -> {}", r.show()));
+}
+
 // ================================================================ normalisation
 
 /// Replaces every `{rv:N}` of the transcript by `rvK`, K the rank of N among all of them.
@@ -451,7 +488,9 @@ fn rv_tokens(line: &str) -> Vec<u64> {
 /// length.
 fn show_object(v: &Value) -> String {
     let m = &v["metadata"];
-    let mut parts = vec![format!("{} {}", v["kind"].as_str().unwrap_or("?"), m["name"].as_str().unwrap_or("?"))];
+    // Items of a list carry no kind.
+    let kind = v["kind"].as_str().map(|k| format!("{k} ")).unwrap_or_default();
+    let mut parts = vec![format!("{kind}{}", m["name"].as_str().unwrap_or("?"))];
     if let Some(rv) = m["resourceVersion"].as_str() {
         parts.push(format!("{{rv:{rv}}}"));
     }
@@ -829,18 +868,13 @@ impl Resp {
         }
     }
 
-    /// The object's resourceVersion.
+    /// The resourceVersion of the object or list answered.
     fn rv(&self) -> String {
         let v = self.json();
         v["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or_else(|| panic!("{}: no resourceVersion in {}", self.request, self.body))
             .to_string()
-    }
-
-    /// A list's resourceVersion.
-    fn list_rv(&self) -> String {
-        self.rv()
     }
 
     fn continue_token(&self) -> Option<String> {
