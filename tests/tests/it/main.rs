@@ -26,6 +26,10 @@
 //!   MemberPromote, MemberList, MemberRemove (the removed member exits; also of the leader)
 //!   and MemberUpdate,
 //!   compared with a 3-member etcd cluster.
+//! - `kube`: an unmodified kube-apiserver on etcd and on Cairn running the same scenario
+//!   (namespaces, configmap CRUD and conflicts, pagination, watches, lists at old
+//!   resourceVersions, big objects); opt-in, needs `CAIRN_KUBE_APISERVER`
+//!   (`scripts/kube-e2e.sh`).
 //! - `partition`: network partitions (members in network namespaces, needs root): an
 //!   isolated leader that its clients still reach, compared with etcd.
 //!
@@ -39,6 +43,7 @@ mod etcdctl;
 mod harness;
 mod http;
 mod jepsen;
+mod kube;
 mod lease;
 mod lock;
 mod maintenance;
