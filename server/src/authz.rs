@@ -392,6 +392,16 @@ impl Authz {
         view.read_permitted(who.as_ref(), key, range_end)
     }
 
+    /// A read-only Txn: read permission on every compare and range of both branches, as
+    /// for a Txn proposed through raft.
+    pub fn check_txn(&self, md: &MetadataMap, txn: &cairn_storage::TxnRequest) -> Result<(), Status> {
+        let (view, who) = self.caller(md)?;
+        if !view.enabled {
+            return Ok(());
+        }
+        view.txn_permitted(who.as_ref(), txn)
+    }
+
     /// Checks a write as etcd's auth applier does and returns the command to propose
     /// (wrapped with the auth revision it was checked at while auth is enabled).
     pub fn authorize(&self, md: &MetadataMap, store: &Store, cmd: Command) -> Result<Command, Status> {

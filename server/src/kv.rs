@@ -15,6 +15,13 @@ pub struct KvService {
     pub ctx: Arc<Context>,
 }
 
+/// Every range of a read-only txn (both branches) is serializable (etcd's
+/// `isTxnSerializable`): it needs no linearizable barrier.
+fn txn_serializable(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as Op;
+    t.success.iter().chain(&t.failure).all(|op| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable))
+}
+
 fn unexpected(what: &str) -> Status {
     Status::unknown(format!("internal error: unexpected response to {what}"))
 }
@@ -91,6 +98,24 @@ impl Kv for KvService {
         self.ctx.check_grpc_size(r.encoded_len())?;
         let dreq = convert::txn_req(&r);
         validate::check_txn(&dreq, self.ctx.max_txn_ops).map_err(|e| status::request_error(&e))?;
+        if dreq.is_read_only() {
+            // etcd serves a txn without puts or deletes like a Range: no proposal, no revision.
+            self.ctx.authz.check_txn(&md, &dreq)?;
+            if !txn_serializable(&r) {
+                self.ctx.linearizable_barrier().await?;
+            }
+            let store = self.ctx.node.store().clone();
+            let res = tokio::task::block_in_place(|| {
+                let view = store.read()?;
+                let rev = view.current_revision();
+                view.txn_read_only(&dreq).map(|x| (x, rev))
+            });
+            return match res {
+                Err(e) => Err(status::store_error(&e)),
+                Ok((Err(e), _)) => Err(status::request_error(&e)),
+                Ok((Ok(t), rev)) => Ok(Response::new(convert::txn_resp(t, self.ctx.header(rev)))),
+            };
+        }
         let cmd = self.ctx.authz.authorize(&md, self.ctx.node.store(), Command::Txn(dreq))?;
         let applied = self.ctx.propose(cmd, r.encoded_len()).await?;
         match applied.result {

@@ -480,6 +480,36 @@ impl ReadView {
     pub fn range(&self, req: &RangeRequest) -> Result<Result<RangeResponse, RequestError>, StoreError> {
         read::range(&self.index, &self.revs, req, self.current, self.compacted)
     }
+
+    /// etcd's read-only Txn ([`TxnRequest::is_read_only`]) on this view: the compares, then
+    /// the ranges of the branch taken (nested txns likewise), all at the view's revision; the
+    /// first failing range's error (a compacted or future revision) is the answer. Nothing is
+    /// written and no revision is used. A txn that writes is refused as a storage error.
+    pub fn txn_read_only(&self, x: &TxnRequest) -> Result<Result<TxnResponse, RequestError>, StoreError> {
+        let mut succeeded = true;
+        for c in &x.compare {
+            if !compare_at(&self.index, &self.revs, self.current, c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &x.success } else { &x.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = match op {
+                RequestOp::Range(r) => self.range(r)?.map(ResponseOp::Range),
+                RequestOp::Txn(inner) => self.txn_read_only(inner)?.map(ResponseOp::Txn),
+                RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                    return Err(StoreError::Io(std::io::Error::other("txn_read_only: the txn writes")));
+                }
+            };
+            match r {
+                Ok(resp) => responses.push(resp),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(TxnResponse { succeeded, responses }))
+    }
 }
 
 /// Applies one command; request errors leave no trace (everything is checked before the
@@ -735,9 +765,18 @@ fn check_path(
 }
 
 fn compare(t: &Tables<'_>, st: &ApplyState, c: &Compare) -> Result<bool, StoreError> {
+    compare_at(&t.index, &t.revs, st.read_rev(), c)
+}
+
+/// One compare against the keys of its range at revision `rev`.
+fn compare_at<I, R>(index: &I, revs: &R, rev: Revision, c: &Compare) -> Result<bool, StoreError>
+where
+    I: redb::ReadableTable<IndexKey<'static>, u8>,
+    R: redb::ReadableTable<(u64, u64), &'static [u8]>,
+{
     let span = KeySpan::new(&c.key, &c.range_end);
     let mut live: Vec<Live> = Vec::new();
-    read::scan_live(&t.index, &span, st.read_rev() as u64, |l| {
+    read::scan_live(index, &span, rev as u64, |l| {
         live.push(l);
         true
     })?;
@@ -750,7 +789,7 @@ fn compare(t: &Tables<'_>, st: &ApplyState, c: &Compare) -> Result<bool, StoreEr
         return Ok(compare_kv(c, &KeyValue::default()));
     }
     for l in &live {
-        let kv = read::load_kv(&t.revs, l)?;
+        let kv = read::load_kv(revs, l)?;
         if !compare_kv(c, &kv) {
             return Ok(false);
         }

@@ -135,6 +135,14 @@ pub struct TxnRequest {
     pub failure: Vec<RequestOp>,
 }
 
+impl TxnRequest {
+    /// Only ranges on both branches (etcd's `isTxnReadonly`; a nested txn, even one that
+    /// only reads, makes it a write as in etcd): served from a read view, not through raft.
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| matches!(op, RequestOp::Range(_)))
+    }
+}
+
 /// A response inside a txn. On the wire each carries an inner header whose only field is
 /// the revision of the whole txn (etcd 3.5 fills it so); the server adds it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -626,3 +626,75 @@ async fn gateway_auth_lock_and_election_match_etcd() {
         }
     }
 }
+
+/// A txn without puts or deletes is served like a Range (etcd's read-only txn): no
+/// proposal is committed and no revision used, the answer is the same as through raft
+/// (compares, both branches, nesting, serializable ranges), and a write txn is a proposal.
+/// Runs against etcd too (`CAIRN_DIFF_AGAINST=etcd`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_txns_are_not_proposals() {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+    let server = Server::start(cairn_tests::harness::subject_kind()).await;
+    let port = server.client_port();
+    let mut c = server.client().await;
+    c.put("a", "1", None).await.expect("put a");
+    let rev = c.put("b", "2", None).await.expect("put b").header().expect("header").revision();
+    let committed = |page: &str| sample(page, "etcd_server_proposals_committed_total");
+    let before = committed(&request(port, "GET", "/metrics", "").await.text());
+    let values = |r: &etcd_client::TxnResponse| -> Vec<String> {
+        let mut out = Vec::new();
+        for op in r.op_responses() {
+            match op {
+                TxnOpResponse::Get(g) => out.extend(g.kvs().iter().map(|kv| kv.value_str().unwrap_or("?").to_string())),
+                TxnOpResponse::Txn(t) => out.push(format!("txn(succeeded={})", t.succeeded())),
+                _ => out.push("write".to_string()),
+            }
+        }
+        out
+    };
+    for i in 0..10 {
+        let want = if i % 2 == 0 { "1" } else { "x" };
+        let t = Txn::new()
+            .when([Compare::value("a", CompareOp::Equal, want)])
+            .and_then([TxnOp::get("a", None), TxnOp::get("b", Some(GetOptions::new().with_serializable()))])
+            .or_else([TxnOp::get("b", Some(GetOptions::new().with_serializable()))]);
+        let r = c.txn(t).await.expect("read-only txn");
+        assert_eq!(r.header().expect("header").revision(), rev, "the header has the current revision");
+        if i % 2 == 0 {
+            assert!(r.succeeded());
+            assert_eq!(values(&r), vec!["1".to_string(), "2".to_string()]);
+        } else {
+            assert!(!r.succeeded());
+            assert_eq!(values(&r), vec!["2".to_string()]);
+        }
+    }
+    // An empty txn and a compare-only one are read-only too.
+    let r = c.txn(Txn::new()).await.expect("empty txn");
+    assert!(r.succeeded() && r.op_responses().is_empty());
+    let r = c.txn(Txn::new().when([Compare::mod_revision("a", CompareOp::Less, 2)])).await.expect("compare only");
+    assert!(!r.succeeded());
+    // A range at a future revision inside a read-only txn fails as it does through raft.
+    let e = c
+        .txn(Txn::new().and_then([TxnOp::get("a", Some(GetOptions::new().with_revision(rev + 100)))]))
+        .await
+        .expect_err("future revision");
+    assert!(e.to_string().contains("mvcc: required revision is a future revision"), "{e}");
+    let after = committed(&request(port, "GET", "/metrics", "").await.text());
+    assert_eq!(after, before, "read-only txns committed no proposal");
+    // A nested txn makes a txn a proposal even if it only reads (as in etcd), and it uses
+    // no revision either.
+    let nested = Txn::new()
+        .when([Compare::version("b", CompareOp::Greater, 0)])
+        .and_then([TxnOp::txn(Txn::new().and_then([TxnOp::get("b", None)]))]);
+    let r = c.txn(nested).await.expect("nested read-only txn");
+    assert_eq!(r.header().expect("header").revision(), rev);
+    assert_eq!(values(&r), vec!["txn(succeeded=true)".to_string()]);
+    let after_nested = committed(&request(port, "GET", "/metrics", "").await.text());
+    assert!(after_nested > after, "a nested txn is a proposal ({after} -> {after_nested})");
+    let after = after_nested;
+    // No revision was used: the next write gets rev + 1; a write txn is a proposal.
+    let r = c.txn(Txn::new().and_then([TxnOp::put("c", "3", None), TxnOp::get("a", None)])).await.expect("write txn");
+    assert_eq!(r.header().expect("header").revision(), rev + 1);
+    let later = committed(&request(port, "GET", "/metrics", "").await.text());
+    assert!(later > after, "a write txn is a proposal ({after} -> {later})");
+}
