@@ -494,6 +494,14 @@ impl ReadView {
             }
         }
         let ops = if succeeded { &x.success } else { &x.failure };
+        // Every range's revision first, in order (etcd's `checkRequests`), then the reads.
+        for op in ops {
+            if let RequestOp::Range(r) = op {
+                if let Err(e) = check_txn_range_revision(r.revision, self.current, self.compacted) {
+                    return Ok(Err(e));
+                }
+            }
+        }
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let r = match op {
@@ -754,7 +762,9 @@ fn check_path(
                 Ok(()) => check_put_lease(t, p)?,
                 Err(e) => Err(e),
             },
-            RequestOp::Range(r) if pass == CheckPass::Ranges => check_txn_range_revision(r.revision, st),
+            RequestOp::Range(r) if pass == CheckPass::Ranges => {
+                check_txn_range_revision(r.revision, st.current, st.compacted)
+            }
             _ => Ok(()),
         };
         if r.is_err() {
@@ -876,13 +886,15 @@ fn put_pass(meta: &mut Table<'_, &'static str, &'static [u8]>, pass: CompactPass
 
 /// etcd's revision check of a range inside a txn: unlike a standalone Range, a negative
 /// revision is compared with the compacted revision (and then read at the current one).
-fn check_txn_range_revision(requested: Revision, st: &ApplyState) -> Result<(), RequestError> {
+/// etcd's `checkRequestRange` for a range inside a txn: unlike a standalone Range, a
+/// negative revision is not "the current one" but below the compacted revision.
+fn check_txn_range_revision(requested: Revision, current: Revision, compacted: Revision) -> Result<(), RequestError> {
     if requested == 0 {
         Ok(())
-    } else if requested > st.current {
-        Err(RequestError::FutureRevision { current_revision: st.current })
-    } else if requested < st.compacted {
-        Err(RequestError::Compacted { compact_revision: st.compacted })
+    } else if requested > current {
+        Err(RequestError::FutureRevision { current_revision: current })
+    } else if requested < compacted {
+        Err(RequestError::Compacted { compact_revision: compacted })
     } else {
         Ok(())
     }
