@@ -1395,12 +1395,15 @@ impl WriteRec {
 struct Probe {
     start: Instant,
     ok: bool,
+    /// When not ok: the code and the failing checks (or curl's error).
+    failure: String,
 }
 
 /// What a fault did to the apiserver's clients.
 struct Recovery {
     recovered: bool,
-    /// From the fault to the start of the first of [`RECOVERED_AFTER`] successful writes in a row.
+    /// From the fault to the answer of the first of [`RECOVERED_AFTER`] successful writes
+    /// in a row (started after the fault, or after the resume).
     writes_back_after: Option<Duration>,
     /// From the fault to the first `ok` probe started after those writes.
     ready_after: Option<Duration>,
@@ -1413,13 +1416,15 @@ struct Recovery {
     slowest: Duration,
     /// The failed writes' codes and errors.
     errors: Vec<String>,
+    /// Why the `/readyz` probes that were not ok were not (distinct answers).
+    readyz_failures: BTreeSet<String>,
 }
 
 impl Recovery {
     fn show(&self) -> String {
         format!(
             "recovered {}, writes ok again {:?} after the fault, /readyz ok {:?} after it, /readyz not ok for {:?}; \
-             {} of {} writes failed, the slowest took {:?}; errors {:?}",
+             {} of {} writes failed, the slowest took {:?}; errors {:?}; /readyz failures {:?}",
             self.recovered,
             self.writes_back_after,
             self.ready_after,
@@ -1427,7 +1432,8 @@ impl Recovery {
             self.failed,
             self.writes,
             self.slowest,
-            self.errors
+            self.errors,
+            self.readyz_failures
         )
     }
 }
@@ -1470,7 +1476,15 @@ impl Load {
                 let start = Instant::now();
                 let r = api_p.request("GET", "/readyz", "application/json", None, PROBE_TIMEOUT_SECS);
                 let ok = r.code == 200 && r.body.trim() == "ok";
-                prober.probes.lock().expect("probes lock").push(Probe { start, ok });
+                let failure = if ok {
+                    String::new()
+                } else if r.code == 0 {
+                    format!("no answer: {}", r.stderr)
+                } else {
+                    let failing: Vec<&str> = r.body.lines().filter(|l| l.starts_with("[-]")).collect();
+                    format!("{} {}", r.code, failing.join(" "))
+                };
+                prober.probes.lock().expect("probes lock").push(Probe { start, ok, failure });
                 std::thread::sleep(PROBE_GAP);
             }
         }));
@@ -1563,7 +1577,9 @@ impl Load {
         let mut writes = self.writes.lock().expect("writes lock").clone();
         writes.sort_by_key(|w| w.start);
         let after: Vec<&WriteRec> = writes.iter().filter(|w| w.start >= settle_from).collect();
-        let back = after.windows(RECOVERED_AFTER).find(|run| run.iter().all(|w| w.ok())).map(|run| run[0].start);
+        let run = after.windows(RECOVERED_AFTER).find(|run| run.iter().all(|w| w.ok()));
+        let back = run.map(|run| run[0].start);
+        let back_end = run.map(|run| run[0].end);
         let probes = self.probes.lock().expect("probes lock");
         let ready = back.and_then(|b| probes.iter().find(|p| p.start >= b && p.ok).map(|p| p.start));
         let until = ready.unwrap_or_else(Instant::now);
@@ -1578,13 +1594,14 @@ impl Load {
         }
         let recovery = Recovery {
             recovered: ready.is_some(),
-            writes_back_after: back.map(|b| b.saturating_duration_since(fault_at)),
+            writes_back_after: back_end.map(|b| b.saturating_duration_since(fault_at)),
             ready_after: ready.map(|r| r.saturating_duration_since(fault_at)),
             readyz_not_ok,
             failed: window.iter().filter(|w| !w.ok()).count(),
             writes: window.len(),
             slowest: window.iter().map(|w| w.end - w.start).max().unwrap_or_default(),
             errors: window.iter().filter(|w| !w.ok()).map(|w| format!("{}: {} {}", w.id, w.code, w.error)).collect(),
+            readyz_failures: in_window.iter().filter(|p| !p.ok).map(|p| p.failure.clone()).collect(),
         };
         (recovery, ready.is_some())
     }
