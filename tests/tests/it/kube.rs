@@ -1133,8 +1133,12 @@ async fn cluster_scenario(cluster: &mut Cluster, api: &KubeApiserver) -> Vec<Str
     t.push(format!("GET /readyz -> {} {}", r.code, r.body.trim()));
 
     t.push(format!("== a follower paused (SIGSTOP) for {PAUSE_FOR:?} under writes, then continued"));
+    // The follower that was never killed: the apiserver's etcd client has been connected to it
+    // all along (to the restarted member it may still be backing off from reconnecting, and
+    // then sends it nothing), so some requests go to the paused member on either store.
+    let killed = leader;
     let leader = cluster.leader().await;
-    let follower = cluster.others(leader)[0];
+    let follower = cluster.others(leader).into_iter().find(|&i| i != killed).expect("3 members");
     load.set_phase(Phase::Paused);
     let paused_at = Instant::now();
     cluster.pause(follower);
@@ -1405,7 +1409,8 @@ struct Recovery {
     /// From the fault to the answer of the first of [`RECOVERED_AFTER`] successful writes
     /// in a row (started after the fault, or after the resume).
     writes_back_after: Option<Duration>,
-    /// From the fault to the first `ok` probe started after those writes.
+    /// From the fault to the first `ok` probe started after the first of those writes was
+    /// answered.
     ready_after: Option<Duration>,
     /// How long `/readyz` was not `ok`, from the fault to recovery.
     readyz_not_ok: Duration,
@@ -1561,8 +1566,8 @@ impl Load {
     }
 
     /// Waits (up to [`RECOVERY_BOUND`] after `settle_from`) until [`RECOVERED_AFTER`] writes
-    /// started after `settle_from` succeeded in a row and a `/readyz` probe started after the
-    /// first of them said ok. Counts what happened from `fault_at`.
+    /// started after `settle_from` succeeded in a row and a `/readyz` probe said ok (one
+    /// started once the first of them was answered). Counts what happened from `fault_at`.
     async fn wait_recovered(&self, fault_at: Instant, settle_from: Instant) -> Recovery {
         loop {
             let (recovery, done) = self.recovery(fault_at, settle_from);
@@ -1578,10 +1583,9 @@ impl Load {
         writes.sort_by_key(|w| w.start);
         let after: Vec<&WriteRec> = writes.iter().filter(|w| w.start >= settle_from).collect();
         let run = after.windows(RECOVERED_AFTER).find(|run| run.iter().all(|w| w.ok()));
-        let back = run.map(|run| run[0].start);
         let back_end = run.map(|run| run[0].end);
         let probes = self.probes.lock().expect("probes lock");
-        let ready = back.and_then(|b| probes.iter().find(|p| p.start >= b && p.ok).map(|p| p.start));
+        let ready = back_end.and_then(|b| probes.iter().find(|p| p.start >= b && p.ok).map(|p| p.start));
         let until = ready.unwrap_or_else(Instant::now);
         let window: Vec<&WriteRec> = writes.iter().filter(|w| w.end >= fault_at && w.start <= until).collect();
         let mut readyz_not_ok = Duration::ZERO;
