@@ -1112,7 +1112,7 @@ async fn cluster_scenario(cluster: &mut Cluster, api: &KubeApiserver) -> Vec<Str
     let r = api.call("POST", &base, Some(&configmap(COUNTER, json!({}))));
     t.push(format!("create {COUNTER} -> {}", r.code));
     let codes: BTreeSet<u16> = (0..5)
-        .map(|i| api.call("POST", &base, Some(&configmap(&format!("cm-{i}"), json!({"i": i})))))
+        .map(|i| api.call("POST", &base, Some(&configmap(&format!("cm-{i}"), json!({"i": i.to_string()})))))
         .map(|r| r.code)
         .collect();
     t.push(format!("create cm-0..cm-4 -> codes {codes:?}"));
