@@ -1,13 +1,28 @@
 //! An unmodified kube-apiserver end to end, differential: the same scenario runs against a
 //! kube-apiserver on real etcd 3.5.1 and against one on the server under test (Cairn, or etcd
-//! again with `CAIRN_DIFF_AGAINST=etcd`), and the normalised transcripts must be equal.
+//! again with `CAIRN_DIFF_AGAINST=etcd`), and the normalised transcripts must be equal. Two
+//! tests:
 //!
-//! Opt-in: the test runs only when `CAIRN_KUBE_APISERVER` names a kube-apiserver binary
-//! (`scripts/kube-e2e.sh` builds one with `scripts/build-kube-apiserver.sh` and runs this
-//! test); without it the test prints `SKIPPED: ...` and returns. Building kube-apiserver
-//! from source takes ~14 minutes and ~3.5 GB of Go caches, too much for the default suite.
+//! - `kube_apiserver_on_etcd_and_cairn`: one store node, the API semantics (below);
+//! - `kube_apiserver_on_three_member_clusters`: a 3-member cluster, the apiserver given all
+//!   three client URLs (`--etcd-servers`), under faults (see [`cluster_scenario`]): kill -9 of
+//!   the store's leader while a writer creates and patches configmaps (the apiserver must
+//!   recover within 60 s and serve requests after it), a watch opened before the kill (every
+//!   write that took effect, once, in order, resumed from its last resourceVersion if the
+//!   stream ends), the killed member restarted and caught up (etcdctl `--consistency=s` on
+//!   each member shows the same configmaps), a follower paused (SIGSTOP) for 5 s under the
+//!   writes. Its transcript holds outcomes only; timings (how long writes failed or hung,
+//!   how long `/readyz` was not ok, how many requests failed) are printed, not compared.
 //!
-//! The apiserver runs with `--watch-cache-sizes=configmaps#0`: configmaps are served by the
+//! Opt-in: the tests run only when `CAIRN_KUBE_APISERVER` names a kube-apiserver binary
+//! (`scripts/kube-e2e.sh` builds one with `scripts/build-kube-apiserver.sh` and runs them);
+//! without it each test prints `SKIPPED: ...` and returns. Building kube-apiserver from
+//! source takes ~14 minutes and ~3.5 GB of Go caches, too much for the default suite. Both
+//! take `ONE_CLUSTER_AT_A_TIME` (a kube-apiserver is heavy) and stop the apiserver before the
+//! store (an apiserver whose store is gone hangs in its shutdown); their process guards kill
+//! both, apiserver first, on failure.
+//!
+//! The single-node scenario. The apiserver runs with `--watch-cache-sizes=configmaps#0`: configmaps are served by the
 //! store itself (gets, paginated lists, lists at an old revision, watches from a revision go
 //! to the store as etcd Range/Txn/Watch requests), everything else through the apiserver's
 //! watch cache as in production. The scenario (see [`scenario`]):
@@ -46,10 +61,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_tests::harness::{etcdctl, free_port, subject_kind, Server, ServerKind};
+use cairn_tests::harness::{etcdctl, free_port, subject_kind, Cluster, ClusterOptions, Server, ServerKind};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -78,14 +94,7 @@ const PAGE_NS: &str = "kube-e2e-page";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_apiserver_on_etcd_and_cairn() {
-    let Some(apiserver) = std::env::var_os(APISERVER_ENV).filter(|p| !p.is_empty()).map(PathBuf::from) else {
-        println!(
-            "SKIPPED: set {APISERVER_ENV} (scripts/kube-e2e.sh): kube::kube_apiserver_on_etcd_and_cairn runs an \
-             unmodified kube-apiserver against etcd and Cairn and needs its binary; it did not run"
-        );
-        return;
-    };
-    assert!(apiserver.is_file(), "{APISERVER_ENV}={} is not a file", apiserver.display());
+    let Some(apiserver) = apiserver_binary("kube_apiserver_on_etcd_and_cairn") else { return };
     // A kube-apiserver is heavy: never next to a 3-member cluster of another test.
     let _one = crate::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
     let subject = subject_kind();
@@ -97,11 +106,30 @@ async fn kube_apiserver_on_etcd_and_cairn() {
         println!("kube-apiserver scenario (etcd):\n{}", want.join("\n"));
     }
     let got = run_against(subject, &apiserver).await;
+    assert_equal_transcripts("kube-apiserver scenario", subject, &want, &got);
+    println!("kube-apiserver scenario: {} transcript lines equal on etcd and {subject}", want.len());
+}
+
+/// The kube-apiserver binary named by [`APISERVER_ENV`]; `None` (after printing `SKIPPED`)
+/// without it.
+fn apiserver_binary(test: &str) -> Option<PathBuf> {
+    let Some(apiserver) = std::env::var_os(APISERVER_ENV).filter(|p| !p.is_empty()).map(PathBuf::from) else {
+        println!(
+            "SKIPPED: set {APISERVER_ENV} (scripts/kube-e2e.sh): kube::{test} runs an unmodified kube-apiserver \
+             against etcd and Cairn and needs its binary; it did not run"
+        );
+        return None;
+    };
+    assert!(apiserver.is_file(), "{APISERVER_ENV}={} is not a file", apiserver.display());
+    Some(apiserver)
+}
+
+fn assert_equal_transcripts(what: &str, subject: ServerKind, want: &[String], got: &[String]) {
     for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
         assert_eq!(
             g,
             w,
-            "kube-apiserver scenario: line {i} differs from etcd\netcd transcript:\n{}\n\n{subject} transcript:\n{}",
+            "{what}: line {i} differs from etcd\netcd transcript:\n{}\n\n{subject} transcript:\n{}",
             want.join("\n"),
             got.join("\n")
         );
@@ -109,11 +137,10 @@ async fn kube_apiserver_on_etcd_and_cairn() {
     assert_eq!(
         got.len(),
         want.len(),
-        "kube-apiserver scenario: transcript lengths differ\netcd:\n{}\n\n{subject}:\n{}",
+        "{what}: transcript lengths differ\netcd:\n{}\n\n{subject}:\n{}",
         want.join("\n"),
         got.join("\n")
     );
-    println!("kube-apiserver scenario: {} transcript lines equal on etcd and {subject}", want.len());
 }
 
 /// Starts a store of `kind` and a kube-apiserver on it, runs the scenario, stops the
@@ -121,8 +148,8 @@ async fn kube_apiserver_on_etcd_and_cairn() {
 async fn run_against(kind: ServerKind, apiserver_bin: &Path) -> Vec<String> {
     let t0 = Instant::now();
     let mut store = Server::start(kind).await;
-    let mut api = KubeApiserver::start(apiserver_bin, &store.client_url());
-    let ready_after = api.wait_ready(&mut store);
+    let mut api = KubeApiserver::start(apiserver_bin, &store.client_url(), &[]);
+    let ready_after = api.wait_ready(|| (!store.is_running()).then(|| format!("{store} exited")));
     println!("[{kind}] kube-apiserver ready {ready_after:?} after its start");
     let t1 = Instant::now();
     let mut transcript = scenario(&api, &store);
@@ -657,11 +684,21 @@ struct KubeApiserver {
     child: Option<Child>,
     /// Holds `certs/`, `sa.key`, `tokens.csv` and `apiserver.log`.
     dir: TempDir,
-    port: u16,
+    api: Api,
+}
+
+impl std::ops::Deref for KubeApiserver {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl KubeApiserver {
-    fn start(binary: &Path, etcd_url: &str) -> KubeApiserver {
+    /// `etcd_urls`: the `--etcd-servers` list (comma-separated client URLs); `extra_args` go
+    /// after the standard flags.
+    fn start(binary: &Path, etcd_urls: &str, extra_args: &[&str]) -> KubeApiserver {
         let dir = tempfile::Builder::new().prefix("cairn-tests-kube-").tempdir().expect("create a temporary directory");
         let key = dir.path().join("sa.key");
         let out = Command::new("openssl")
@@ -677,7 +714,7 @@ impl KubeApiserver {
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("create the apiserver log");
         let mut cmd = Command::new(binary);
-        cmd.arg(format!("--etcd-servers={etcd_url}"))
+        cmd.arg(format!("--etcd-servers={etcd_urls}"))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg(format!("--service-account-key-file={}", key.display()))
             .arg(format!("--service-account-signing-key-file={}", key.display()))
@@ -687,6 +724,7 @@ impl KubeApiserver {
             .arg(format!("--cert-dir={}", dir.path().join("certs").display()))
             // Configmaps straight from the store (see the module doc).
             .arg("--watch-cache-sizes=configmaps#0")
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log);
@@ -703,12 +741,13 @@ impl KubeApiserver {
             }
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        KubeApiserver { child: Some(child), dir, port }
+        KubeApiserver { child: Some(child), dir, api: Api { port } }
     }
 
     /// Waits until `/readyz` answers `ok`; returns how long that took. Panics with the log
-    /// tail if the apiserver exits or is not ready in time.
-    fn wait_ready(&mut self, store: &mut Server) -> Duration {
+    /// tail if the apiserver exits or is not ready in time, or if `store_down` says why the
+    /// store is gone.
+    fn wait_ready(&mut self, mut store_down: impl FnMut() -> Option<String>) -> Duration {
         let start = Instant::now();
         loop {
             let r = self.get("/readyz");
@@ -719,7 +758,9 @@ impl KubeApiserver {
                 self.child = None;
                 panic!("kube-apiserver exited with {status} before /readyz said ok\n{}", self.log_tail());
             }
-            assert!(store.is_running(), "{store} exited while kube-apiserver was starting");
+            if let Some(why) = store_down() {
+                panic!("{why} while kube-apiserver was starting\n{}", self.log_tail());
+            }
             if start.elapsed() > READY_TIMEOUT {
                 panic!(
                     "kube-apiserver not ready within {READY_TIMEOUT:?}; last /readyz: {} {}\n{}",
@@ -759,14 +800,28 @@ impl KubeApiserver {
         let lines: Vec<&str> = text.lines().collect();
         format!("--- kube-apiserver log (tail) ---\n{}", lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n"))
     }
+}
 
+/// The HTTPS side of a kube-apiserver on `127.0.0.1:<port>`: requests with `curl` as the
+/// admin user. Cheap to clone into the threads of the cluster test (writer, readyz prober).
+#[derive(Clone)]
+struct Api {
+    port: u16,
+}
+
+impl Api {
     fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port)
     }
 
     fn curl(&self) -> Command {
+        self.curl_within(REQUEST_TIMEOUT_SECS)
+    }
+
+    /// `curl` with the admin token and `--max-time max_time_secs`.
+    fn curl_within(&self, max_time_secs: &str) -> Command {
         let mut c = Command::new("curl");
-        c.args(["-sS", "-k", "--max-time", REQUEST_TIMEOUT_SECS, "-H"]).arg(format!("Authorization: Bearer {TOKEN}"));
+        c.args(["-sS", "-k", "--max-time", max_time_secs, "-H"]).arg(format!("Authorization: Bearer {TOKEN}"));
         c
     }
 
@@ -778,9 +833,14 @@ impl KubeApiserver {
         self.call_typed(method, path, "application/json", body)
     }
 
-    /// One request with `curl`; the body goes through stdin (it can be megabytes).
     fn call_typed(&self, method: &str, path: &str, content_type: &str, body: Option<&Value>) -> Resp {
-        let mut cmd = self.curl();
+        self.request(method, path, content_type, body, REQUEST_TIMEOUT_SECS)
+    }
+
+    /// One request with `curl --max-time max_time_secs`; the body goes through stdin (it can
+    /// be megabytes).
+    fn request(&self, method: &str, path: &str, content_type: &str, body: Option<&Value>, max_time_secs: &str) -> Resp {
+        let mut cmd = self.curl_within(max_time_secs);
         cmd.args(["-X", method, "-w", "\n%{http_code}", "-H"]).arg(format!("Content-Type: {content_type}"));
         if body.is_some() {
             cmd.args(["--data-binary", "@-"]);
@@ -890,7 +950,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn open(api: &KubeApiserver, path: &str) -> Watch {
+    fn open(api: &Api, path: &str) -> Watch {
         let mut cmd = api.curl();
         cmd.arg("-N").arg(api.url(path)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut curl = cmd.spawn().expect("run curl for a watch");
@@ -935,5 +995,807 @@ fn show_event(line: &str) -> String {
     match serde_json::from_str::<Value>(line) {
         Ok(v) => format!("{} {}", v["type"].as_str().unwrap_or("?"), show_body(&v["object"], &[])),
         Err(_) => format!("not JSON: {line:?}"),
+    }
+}
+
+// ================================================================ on 3-member clusters
+
+/// The namespace of the cluster test.
+const CLUSTER_NS: &str = "kube-e2e-cluster";
+/// How long the apiserver may take, after a fault, to answer `/readyz` with `ok` and to
+/// serve [`RECOVERED_AFTER`] writes in a row again.
+const RECOVERY_BOUND: Duration = Duration::from_secs(60);
+/// Consecutive successful writes that count as "writes work again".
+const RECOVERED_AFTER: usize = 5;
+/// Writes (all successful) before the leader is killed.
+const WRITES_BEFORE_KILL: usize = 10;
+/// How long a follower stays stopped (SIGSTOP).
+const PAUSE_FOR: Duration = Duration::from_secs(5);
+/// `curl --max-time` of the background writes: above the apiserver's own 60 s request
+/// timeout, so that every write gets an answer (504 at worst) rather than being abandoned.
+const WRITE_TIMEOUT_SECS: &str = "70";
+/// `curl --max-time` of a `/readyz` probe.
+const PROBE_TIMEOUT_SECS: &str = "5";
+/// Pause between two background writes, and between two `/readyz` probes.
+const WRITE_GAP: Duration = Duration::from_millis(50);
+const PROBE_GAP: Duration = Duration::from_millis(250);
+/// How long the members may take to show the same configmaps to serializable reads.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The configmap written after every other write; the watch is read up to its ADDED event.
+const MARKER: &str = "zz-marker";
+/// The configmap every odd write patches: each patch adds one data key `sNNNNN`.
+const COUNTER: &str = "counter";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_on_three_member_clusters() {
+    let Some(apiserver) = apiserver_binary("kube_apiserver_on_three_member_clusters") else { return };
+    let _one = crate::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
+    let subject = subject_kind();
+    let _ = ServerKind::Etcd.binary();
+    let _ = subject.binary();
+
+    let want = run_on_cluster(ServerKind::Etcd, &apiserver).await;
+    if std::env::var("CAIRN_DIFF_PRINT").is_ok_and(|v| v == "1") {
+        println!("kube-apiserver on a 3-member cluster (etcd):\n{}", want.join("\n"));
+    }
+    let got = run_on_cluster(subject, &apiserver).await;
+    assert_equal_transcripts("kube-apiserver on a 3-member cluster", subject, &want, &got);
+    // Equal is not enough: every outcome must be the good one (on etcd, hence on both).
+    let bad: Vec<&String> = want.iter().filter(|l| l.contains(": false")).collect();
+    assert!(bad.is_empty(), "kube-apiserver on a 3-member etcd cluster: bad outcomes {bad:#?}\n{}", want.join("\n"));
+    println!("kube-apiserver on a 3-member cluster: {} transcript lines equal on etcd and {subject}", want.len());
+}
+
+/// Starts a 3-member cluster of `kind` and a kube-apiserver with all three client URLs in
+/// `--etcd-servers`, runs [`cluster_scenario`], stops the apiserver, then the members.
+async fn run_on_cluster(kind: ServerKind, apiserver_bin: &Path) -> Vec<String> {
+    let t0 = Instant::now();
+    // Declared before the apiserver: on a panic the apiserver is dropped (killed) first.
+    let mut cluster = Cluster::start_with(kind, cluster_options()).await;
+    let urls: Vec<String> = (0..cluster.size()).map(|i| cluster.member(i).client_url()).collect();
+    // No periodic compaction by the apiserver: the watch is resumed from old revisions.
+    let mut api = KubeApiserver::start(apiserver_bin, &urls.join(","), &["--etcd-compaction-interval=0"]);
+    let ready_after = api.wait_ready(|| {
+        (0..cluster.size()).find(|&i| !cluster.member_mut(i).is_running()).map(|i| format!("{}", cluster.member(i)))
+    });
+    println!(
+        "[{kind} cluster] kube-apiserver ready {ready_after:?} after its start (--etcd-servers={})",
+        urls.join(",")
+    );
+    let transcript = cluster_scenario(&mut cluster, &api).await;
+    let stopped = api.stop();
+    println!("[{kind} cluster] kube-apiserver stopped in {stopped:?}");
+    for i in 0..cluster.size() {
+        cluster.stop(i);
+    }
+    println!("[{kind} cluster] total {:?}", t0.elapsed());
+    transcript
+}
+
+/// Three members; a 100 ms heartbeat and a 1 s election timeout (the harness default is
+/// 50/500): a kube-apiserver and the store share 2 busy cores, and an election caused by CPU
+/// starvation would add failures nobody asked for.
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions {
+        extra_args: ["--heartbeat-interval", "100", "--election-timeout", "1000"].map(String::from).to_vec(),
+        ..ClusterOptions::default()
+    }
+}
+
+/// What happens while the apiserver runs on a 3-member cluster (each line an outcome, timings
+/// and counts printed apart):
+///
+/// 1. ready; a namespace, a `counter` configmap and five more are created;
+/// 2. a watch is opened from the list's resourceVersion; a writer thread creates `w-N`
+///    configmaps and merge-patches a key `sN` into `counter`, in turn, one request at a time,
+///    and a prober polls `/readyz`; the store's leader is killed (-9); the apiserver must
+///    recover within [`RECOVERY_BOUND`] and serve requests after it;
+/// 3. the killed member is restarted; a follower is paused (SIGSTOP) for [`PAUSE_FOR`] under
+///    the writes and continued; the apiserver must recover again;
+/// 4. the writer stops; a marker configmap is written last. The watch (resumed from its last
+///    resourceVersion whenever it ended) must show exactly the writes that took effect (the
+///    store at the marker's resourceVersion), each once, in order, the acknowledged ones at
+///    their acknowledged resourceVersions; acknowledged writes must all have taken effect;
+/// 5. serializable reads of `/registry/configmaps/<ns>/` on each member (etcdctl
+///    `--consistency=s`) must agree, and list what the apiserver lists.
+async fn cluster_scenario(cluster: &mut Cluster, api: &KubeApiserver) -> Vec<String> {
+    let kind = cluster.kind();
+    let mut t = Vec::new();
+    let base = format!("/api/v1/namespaces/{CLUSTER_NS}/configmaps");
+
+    t.push("== ready".into());
+    let r = api.get("/readyz");
+    t.push(format!("GET /readyz -> {} {}", r.code, r.body.trim()));
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CLUSTER_NS}});
+    let r = api.call("POST", "/api/v1/namespaces", Some(&ns));
+    t.push(format!("create namespace -> {}", r.code));
+    let r = api.call("POST", &base, Some(&configmap(COUNTER, json!({}))));
+    t.push(format!("create {COUNTER} -> {}", r.code));
+    let codes: BTreeSet<u16> = (0..5)
+        .map(|i| api.call("POST", &base, Some(&configmap(&format!("cm-{i}"), json!({"i": i.to_string()})))))
+        .map(|r| r.code)
+        .collect();
+    t.push(format!("create cm-0..cm-4 -> codes {codes:?}"));
+    let list = api.get(&base);
+    t.push(format!("list -> {} {}", list.code, list_names(&list).join(",")));
+    let rv0 = list.rv();
+    let mut watch = ResumableWatch::open(api, &base, &rv0);
+
+    t.push("== kill -9 of the store's leader under writes".into());
+    let load = Load::start(api);
+    let before = load.wait_writes(WRITES_BEFORE_KILL, RECOVERY_BOUND).await;
+    t.push(format!("{WRITES_BEFORE_KILL} writes before the kill, all succeeded: {}", before.iter().all(WriteRec::ok)));
+    let leader = cluster.leader().await;
+    load.set_phase(Phase::Failover);
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    t.push("kill -9 the leader".into());
+    let failover = load.wait_recovered(killed_at, killed_at).await;
+    t.push(format!(
+        "kube-apiserver recovered (/readyz ok, {RECOVERED_AFTER} writes in a row ok) within {RECOVERY_BOUND:?}: {}",
+        failover.recovered
+    ));
+    println!("[{kind} cluster] leader n{} killed: {}", leader + 1, failover.show());
+    load.set_phase(Phase::AfterFailover);
+    after_fault_requests("after the failover", api, &load, &mut t);
+
+    t.push("== restart of the killed member".into());
+    let restart_at = Instant::now();
+    cluster.restart(leader).await;
+    t.push("the killed member restarted and serves linearizable reads".into());
+    println!("[{kind} cluster] n{} restarted, serving after {:?}", leader + 1, restart_at.elapsed());
+    let r = api.get("/readyz");
+    t.push(format!("GET /readyz -> {} {}", r.code, r.body.trim()));
+
+    t.push(format!("== a follower paused (SIGSTOP) for {PAUSE_FOR:?} under writes, then continued"));
+    // The follower that was never killed: the apiserver's etcd client has been connected to it
+    // all along (to the restarted member it may still be backing off from reconnecting, and
+    // then sends it nothing), so some requests go to the paused member on either store.
+    let killed = leader;
+    let leader = cluster.leader().await;
+    let follower = cluster.others(leader).into_iter().find(|&i| i != killed).expect("3 members");
+    load.set_phase(Phase::Paused);
+    let paused_at = Instant::now();
+    cluster.pause(follower);
+    tokio::time::sleep(PAUSE_FOR).await;
+    cluster.resume(follower);
+    let resumed_at = Instant::now();
+    let pause = load.wait_recovered(paused_at, resumed_at).await;
+    t.push(format!("kube-apiserver recovered within {RECOVERY_BOUND:?} of the resume: {}", pause.recovered));
+    // Printed, not compared: whether the continued follower took the leadership over (etcd's
+    // pre-vote and check-quorum keep the leader).
+    let leader_after = cluster.leader().await;
+    println!(
+        "[{kind} cluster] follower n{} paused {PAUSE_FOR:?}: {}; the leader n{} before, n{} after{}",
+        follower + 1,
+        pause.show(),
+        leader + 1,
+        leader_after + 1,
+        if leader_after == leader { "" } else { " (LEADER CHANGED)" }
+    );
+    load.set_phase(Phase::AfterPause);
+    after_fault_requests("after the resume", api, &load, &mut t);
+
+    let writes = load.finish();
+    let failed: Vec<&WriteRec> = writes.iter().filter(|w| !w.ok()).collect();
+    println!(
+        "[{kind} cluster] {} writes, {} failed: {:?}",
+        writes.len(),
+        failed.len(),
+        failed.iter().map(|w| format!("{} ({:?}): {} {}", w.id, w.phase, w.code, w.error)).collect::<Vec<_>>()
+    );
+
+    t.push("== the watch opened before the kill".into());
+    let r = api.call("POST", &base, Some(&configmap(MARKER, json!({}))));
+    t.push(format!("create {MARKER} (the last write) -> {}", r.code));
+    let marker_rv = r.rv();
+    let seen_marker = watch.read_until_added(MARKER, RECOVERY_BOUND);
+    t.push(format!("the watch (resumed from its last resourceVersion when it ended) reached {MARKER}: {seen_marker}"));
+    println!("[{kind} cluster] watch: {}", watch.show(killed_at));
+    let at_marker = api.get(&format!("{base}?resourceVersion={marker_rv}&resourceVersionMatch=Exact"));
+    t.push(format!("list at {MARKER}'s resourceVersion (Exact) -> {}", at_marker.code));
+    check_watch(&watch, &writes, &at_marker, &mut t);
+
+    t.push(format!(
+        "== the members' stores, read with etcdctl --consistency=s under /registry/configmaps/{CLUSTER_NS}/"
+    ));
+    let (agree, views) = members_agree(cluster).await;
+    t.push(format!("the same keys, values and mod revisions on all {} members: {agree}", cluster.size()));
+    let prefix = format!("/registry/configmaps/{CLUSTER_NS}/");
+    let keys: Vec<String> = views[0].iter().map(|(k, _, _)| k.trim_start_matches(&prefix).to_string()).collect();
+    let mut names = list_names(&at_marker);
+    names.sort();
+    t.push(format!("they are the configmaps the apiserver lists at {MARKER}: {}", keys == names));
+    println!("[{kind} cluster] {} configmaps on every member", keys.len());
+    let r = api.get("/readyz");
+    t.push(format!("GET /readyz -> {} {}", r.code, r.body.trim()));
+    t
+}
+
+/// A few requests once the apiserver has recovered: all must succeed.
+fn after_fault_requests(when: &str, api: &KubeApiserver, load: &Load, t: &mut Vec<String>) {
+    let r = api.get("/readyz");
+    t.push(format!("{when}: GET /readyz -> {} {}", r.code, r.body.trim()));
+    let created = load.write(&api.api, true);
+    t.push(format!("{when}: create a configmap -> {}", created.code));
+    let patched = load.write(&api.api, false);
+    t.push(format!("{when}: patch {COUNTER} -> {}", patched.code));
+    let name = created.id.trim_start_matches("create ");
+    let r = api.get(&format!("/api/v1/namespaces/{CLUSTER_NS}/configmaps/{name}"));
+    t.push(format!("{when}: get it -> {}", r.code));
+    let r = api.get(&format!("/api/v1/namespaces/{CLUSTER_NS}/configmaps"));
+    let listed = r.code == 200 && list_names(&r).iter().any(|n| n == name);
+    t.push(format!("{when}: list -> {}, has it: {listed}", r.code));
+}
+
+fn list_names(r: &Resp) -> Vec<String> {
+    r.json()["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// The watch against the writes: every write that took effect (per the store at the marker),
+/// exactly once, in resourceVersion order, the acknowledged ones at their resourceVersions.
+fn check_watch(watch: &ResumableWatch, writes: &[WriteRec], at_marker: &Resp, t: &mut Vec<String>) {
+    // What each event adds: `create w-N` (ADDED w-N) or `patch sN` (the key a MODIFIED of
+    // the counter adds to its data); anything else is unexpected.
+    let mut counter_keys: BTreeSet<String> = BTreeSet::new();
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut unexpected = Vec::new();
+    for e in &watch.events {
+        match (e.kind.as_str(), e.name.as_str()) {
+            ("ADDED", MARKER) => break,
+            ("ADDED", name) if name.starts_with("w-") => seen.push((format!("create {name}"), e.rv)),
+            ("MODIFIED", COUNTER) => {
+                let keys: BTreeSet<String> = e.data_keys.iter().cloned().collect();
+                let added: Vec<&String> = keys.difference(&counter_keys).collect();
+                match (added.as_slice(), counter_keys.is_subset(&keys)) {
+                    ([key], true) => seen.push((format!("patch {key}"), e.rv)),
+                    _ => unexpected.push(format!("MODIFIED {COUNTER} adding {added:?}")),
+                }
+                counter_keys = keys;
+            }
+            (kind, name) => unexpected.push(format!("{kind} {name}")),
+        }
+    }
+    let in_order = seen.windows(2).all(|w| w[0].1 < w[1].1);
+    let ids: BTreeSet<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    let once = ids.len() == seen.len();
+    t.push(format!(
+        "watch: events in resourceVersion order: {in_order}, none twice: {once}, none unexpected or in error: {}",
+        unexpected.is_empty() && watch.errors.is_empty()
+    ));
+    if !unexpected.is_empty() || !watch.errors.is_empty() {
+        println!("watch: unexpected events {unexpected:?}, errors {:?}", watch.errors);
+    }
+
+    // The writes that took effect: the store at the marker.
+    let mut effective: BTreeSet<String> = BTreeSet::new();
+    for item in at_marker.json()["items"].as_array().into_iter().flatten() {
+        let name = item["metadata"]["name"].as_str().unwrap_or("?");
+        if name.starts_with("w-") {
+            effective.insert(format!("create {name}"));
+        }
+        if name == COUNTER {
+            for key in item["data"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                effective.insert(format!("patch {key}"));
+            }
+        }
+    }
+    let attempted: BTreeSet<&str> = writes.iter().map(|w| w.id.as_str()).collect();
+    let effective_ids: BTreeSet<&str> = effective.iter().map(String::as_str).collect();
+    t.push(format!(
+        "the watch shows exactly the writes that took effect (the store at {MARKER}): {}",
+        ids == effective_ids
+    ));
+    if ids != effective_ids {
+        println!(
+            "watch: missing {:?}, not in the store {:?}",
+            effective_ids.difference(&ids).collect::<Vec<_>>(),
+            ids.difference(&effective_ids).collect::<Vec<_>>()
+        );
+    }
+    t.push(format!("the store holds no write that was not requested: {}", effective_ids.is_subset(&attempted)));
+
+    let rv_of: std::collections::BTreeMap<&str, u64> = seen.iter().map(|(id, rv)| (id.as_str(), *rv)).collect();
+    let acked: Vec<&WriteRec> = writes.iter().filter(|w| w.ok()).collect();
+    let lost: Vec<&str> = acked.iter().filter(|w| !effective.contains(&w.id)).map(|w| w.id.as_str()).collect();
+    t.push(format!("every acknowledged write took effect: {}", lost.is_empty()));
+    let wrong_rv: Vec<String> = acked
+        .iter()
+        .filter(|w| w.rv.is_none() || rv_of.get(w.id.as_str()) != w.rv.as_ref())
+        .map(|w| format!("{} acknowledged at {:?}, watched at {:?}", w.id, w.rv, rv_of.get(w.id.as_str())))
+        .collect();
+    t.push(format!(
+        "the watch shows each acknowledged write at its acknowledged resourceVersion: {}",
+        wrong_rv.is_empty()
+    ));
+    // Real-time order: a write acknowledged before another one started has a lower resourceVersion.
+    let mut order_violations = Vec::new();
+    for a in &acked {
+        for b in &acked {
+            if a.end < b.start && a.rv >= b.rv {
+                order_violations.push(format!("{} ({:?}) before {} ({:?})", a.id, a.rv, b.id, b.rv));
+            }
+        }
+    }
+    t.push(format!(
+        "acknowledged writes' resourceVersions follow their real-time order: {}",
+        order_violations.is_empty()
+    ));
+    let unknown_effective =
+        writes.iter().filter(|w| !w.ok() && effective.contains(&w.id)).map(|w| w.id.as_str()).collect::<Vec<_>>();
+    println!(
+        "watch: {} events for {} effective writes ({} acknowledged; failed requests that took effect anyway: {:?}); \
+         lost {lost:?}; wrong resourceVersions {wrong_rv:?}; order violations {order_violations:?}",
+        seen.len(),
+        effective.len(),
+        acked.len(),
+        unknown_effective
+    );
+}
+
+/// Polls every member with `etcdctl get <prefix> --prefix --consistency=s` until all answer
+/// the same keys, values and mod revisions (up to [`CATCH_UP_TIMEOUT`]). Returns whether they
+/// did and the last views (member 0 first).
+async fn members_agree(cluster: &Cluster) -> (bool, Vec<View>) {
+    let prefix = format!("/registry/configmaps/{CLUSTER_NS}/");
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let views: Vec<Result<View, String>> =
+            (0..cluster.size()).map(|i| serializable_view(&cluster.endpoint(i), &prefix)).collect();
+        let agree = views.iter().all(|v| v.is_ok() && v == &views[0]);
+        if agree || Instant::now() > deadline {
+            if !agree {
+                for (i, v) in views.iter().enumerate() {
+                    match v {
+                        Ok(kvs) => {
+                            println!("n{}: {} keys, last {:?}", i + 1, kvs.len(), kvs.last().map(|(k, r, _)| (k, r)))
+                        }
+                        Err(e) => println!("n{}: {e}", i + 1),
+                    }
+                }
+            }
+            return (agree, views.into_iter().map(Result::unwrap_or_default).collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What one member holds under a prefix: `(key, mod_revision, value in base64)`, by key.
+type View = Vec<(String, i64, String)>;
+
+/// `(key, mod_revision, value in base64)` of every key under `prefix`, a serializable read
+/// on the member at `endpoint` alone.
+fn serializable_view(endpoint: &str, prefix: &str) -> Result<View, String> {
+    let out = etcdctl(endpoint, &["get", prefix, "--prefix", "--consistency=s", "-w", "json"]);
+    if !out.success() {
+        return Err(out.to_string());
+    }
+    let v: Value = serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stdout))?;
+    Ok(v["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(&base64_decode(kv["key"].as_str().unwrap_or(""))).into_owned();
+            (key, kv["mod_revision"].as_i64().unwrap_or(-1), kv["value"].as_str().unwrap_or("").to_string())
+        })
+        .collect())
+}
+
+/// Which part of the cluster scenario a background write was started in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    BeforeKill,
+    Failover,
+    AfterFailover,
+    Paused,
+    AfterPause,
+}
+
+const PHASES: [Phase; 5] = [Phase::BeforeKill, Phase::Failover, Phase::AfterFailover, Phase::Paused, Phase::AfterPause];
+
+/// One write of the cluster scenario.
+#[derive(Clone, Debug)]
+struct WriteRec {
+    /// What it adds: `create w-00012` (a configmap) or `patch s00013` (a data key of the
+    /// counter configmap).
+    id: String,
+    phase: Phase,
+    /// The HTTP status, 0 without an answer.
+    code: u16,
+    /// The resourceVersion of the answer, on success.
+    rv: Option<u64>,
+    start: Instant,
+    end: Instant,
+    /// The start of the answer's body (or curl's error), on failure.
+    error: String,
+}
+
+impl WriteRec {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+}
+
+/// One `/readyz` probe.
+struct Probe {
+    start: Instant,
+    ok: bool,
+    /// When not ok: the code and the failing checks (or curl's error).
+    failure: String,
+}
+
+/// What a fault did to the apiserver's clients.
+struct Recovery {
+    recovered: bool,
+    /// From the fault to the answer of the first of [`RECOVERED_AFTER`] successful writes
+    /// in a row (started after the fault, or after the resume).
+    writes_back_after: Option<Duration>,
+    /// From the fault to the first `ok` probe started after the first of those writes was
+    /// answered.
+    ready_after: Option<Duration>,
+    /// How long `/readyz` was not `ok`, from the fault to recovery.
+    readyz_not_ok: Duration,
+    /// Writes that failed, and all writes, from the fault to recovery.
+    failed: usize,
+    writes: usize,
+    /// The longest write of that window.
+    slowest: Duration,
+    /// The failed writes' codes and errors.
+    errors: Vec<String>,
+    /// Why the `/readyz` probes that were not ok were not (distinct answers).
+    readyz_failures: BTreeSet<String>,
+}
+
+impl Recovery {
+    fn show(&self) -> String {
+        format!(
+            "recovered {}, writes ok again {:?} after the fault, /readyz ok {:?} after it, /readyz not ok for {:?}; \
+             {} of {} writes failed, the slowest took {:?}; errors {:?}; /readyz failures {:?}",
+            self.recovered,
+            self.writes_back_after,
+            self.ready_after,
+            self.readyz_not_ok,
+            self.failed,
+            self.writes,
+            self.slowest,
+            self.errors,
+            self.readyz_failures
+        )
+    }
+}
+
+/// The background load of the cluster scenario: a writer thread (one write at a time) and a
+/// `/readyz` prober thread. Dropping it tells both to stop without waiting for them (their
+/// current curl ends at its `--max-time`, or as soon as the apiserver is killed).
+struct Load {
+    stop: Arc<AtomicBool>,
+    phase: Arc<AtomicUsize>,
+    seq: Arc<AtomicU64>,
+    writes: Arc<Mutex<Vec<WriteRec>>>,
+    probes: Arc<Mutex<Vec<Probe>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(api: &KubeApiserver) -> Load {
+        let mut load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            phase: Arc::new(AtomicUsize::new(0)),
+            seq: Arc::new(AtomicU64::new(0)),
+            writes: Arc::new(Mutex::new(Vec::new())),
+            probes: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+        };
+        let writer = load.handle();
+        let api_w = api.api.clone();
+        load.threads.push(std::thread::spawn(move || {
+            while !writer.stop.load(Ordering::SeqCst) {
+                let create = writer.seq.load(Ordering::SeqCst).is_multiple_of(2);
+                writer.write(&api_w, create);
+                std::thread::sleep(WRITE_GAP);
+            }
+        }));
+        let prober = load.handle();
+        let api_p = api.api.clone();
+        load.threads.push(std::thread::spawn(move || {
+            while !prober.stop.load(Ordering::SeqCst) {
+                let start = Instant::now();
+                let r = api_p.request("GET", "/readyz", "application/json", None, PROBE_TIMEOUT_SECS);
+                let ok = r.code == 200 && r.body.trim() == "ok";
+                let failure = if ok {
+                    String::new()
+                } else if r.code == 0 {
+                    format!("no answer: {}", r.stderr)
+                } else {
+                    let failing: Vec<&str> = r.body.lines().filter(|l| l.starts_with("[-]")).collect();
+                    format!("{} {}", r.code, failing.join(" "))
+                };
+                prober.probes.lock().expect("probes lock").push(Probe { start, ok, failure });
+                std::thread::sleep(PROBE_GAP);
+            }
+        }));
+        load
+    }
+
+    /// The shared state without the threads, for a thread.
+    fn handle(&self) -> Load {
+        Load {
+            stop: self.stop.clone(),
+            phase: self.phase.clone(),
+            seq: self.seq.clone(),
+            writes: self.writes.clone(),
+            probes: self.probes.clone(),
+            threads: Vec::new(),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let i = PHASES.iter().position(|&p| p == phase).expect("listed in PHASES");
+        self.phase.store(i, Ordering::SeqCst);
+    }
+
+    /// One write with the next sequence number N, recorded: `create` makes configmap `w-N`,
+    /// otherwise data key `sN` is merge-patched into the counter.
+    fn write(&self, api: &Api, create: bool) -> WriteRec {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let phase = PHASES[self.phase.load(Ordering::SeqCst)];
+        let base = format!("/api/v1/namespaces/{CLUSTER_NS}/configmaps");
+        let start = Instant::now();
+        let (id, r) = if create {
+            let name = format!("w-{seq:05}");
+            let body = configmap(&name, json!({ "seq": seq.to_string() }));
+            (format!("create {name}"), api.request("POST", &base, "application/json", Some(&body), WRITE_TIMEOUT_SECS))
+        } else {
+            let key = format!("s{seq:05}");
+            let mut data = serde_json::Map::new();
+            data.insert(key.clone(), json!("x"));
+            let patch = json!({ "data": Value::Object(data) });
+            let path = format!("{base}/{COUNTER}");
+            (
+                format!("patch {key}"),
+                api.request("PATCH", &path, "application/merge-patch+json", Some(&patch), WRITE_TIMEOUT_SECS),
+            )
+        };
+        let end = Instant::now();
+        let ok = (200..300).contains(&r.code);
+        let rv = ok
+            .then(|| serde_json::from_str::<Value>(&r.body).ok())
+            .flatten()
+            .and_then(|v| v["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()));
+        let error = if ok {
+            String::new()
+        } else {
+            let text = if r.code == 0 { r.stderr.clone() } else { r.body.replace('\n', " ") };
+            text.chars().take(200).collect()
+        };
+        let rec = WriteRec { id, phase, code: r.code, rv, start, end, error };
+        self.writes.lock().expect("writes lock").push(rec.clone());
+        rec
+    }
+
+    /// Waits until `n` writes are done; returns them. Panics after `within`.
+    async fn wait_writes(&self, n: usize, within: Duration) -> Vec<WriteRec> {
+        let deadline = Instant::now() + within;
+        loop {
+            let writes = self.writes.lock().expect("writes lock").clone();
+            if writes.len() >= n {
+                return writes;
+            }
+            assert!(Instant::now() < deadline, "only {} writes within {within:?}: {writes:?}", writes.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (up to [`RECOVERY_BOUND`] after `settle_from`) until [`RECOVERED_AFTER`] writes
+    /// started after `settle_from` succeeded in a row and a `/readyz` probe said ok (one
+    /// started once the first of them was answered). Counts what happened from `fault_at`.
+    async fn wait_recovered(&self, fault_at: Instant, settle_from: Instant) -> Recovery {
+        loop {
+            let (recovery, done) = self.recovery(fault_at, settle_from);
+            if done || settle_from.elapsed() > RECOVERY_BOUND {
+                return recovery;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn recovery(&self, fault_at: Instant, settle_from: Instant) -> (Recovery, bool) {
+        let mut writes = self.writes.lock().expect("writes lock").clone();
+        writes.sort_by_key(|w| w.start);
+        let after: Vec<&WriteRec> = writes.iter().filter(|w| w.start >= settle_from).collect();
+        let run = after.windows(RECOVERED_AFTER).find(|run| run.iter().all(|w| w.ok()));
+        let back_end = run.map(|run| run[0].end);
+        let probes = self.probes.lock().expect("probes lock");
+        let ready = back_end.and_then(|b| probes.iter().find(|p| p.start >= b && p.ok).map(|p| p.start));
+        let until = ready.unwrap_or_else(Instant::now);
+        let window: Vec<&WriteRec> = writes.iter().filter(|w| w.end >= fault_at && w.start <= until).collect();
+        let mut readyz_not_ok = Duration::ZERO;
+        let in_window: Vec<&Probe> = probes.iter().filter(|p| p.start >= fault_at && p.start <= until).collect();
+        for (i, p) in in_window.iter().enumerate() {
+            if !p.ok {
+                let next = in_window.get(i + 1).map_or(until, |n| n.start);
+                readyz_not_ok += next.saturating_duration_since(p.start);
+            }
+        }
+        let recovery = Recovery {
+            recovered: ready.is_some(),
+            writes_back_after: back_end.map(|b| b.saturating_duration_since(fault_at)),
+            ready_after: ready.map(|r| r.saturating_duration_since(fault_at)),
+            readyz_not_ok,
+            failed: window.iter().filter(|w| !w.ok()).count(),
+            writes: window.len(),
+            slowest: window.iter().map(|w| w.end - w.start).max().unwrap_or_default(),
+            errors: window.iter().filter(|w| !w.ok()).map(|w| format!("{}: {} {}", w.id, w.code, w.error)).collect(),
+            readyz_failures: in_window.iter().filter(|p| !p.ok).map(|p| p.failure.clone()).collect(),
+        };
+        (recovery, ready.is_some())
+    }
+
+    /// Stops both threads, waits for them, returns every write.
+    fn finish(mut self) -> Vec<WriteRec> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().expect("a load thread panicked");
+        }
+        self.writes.lock().expect("writes lock").clone()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One event of a watch: type, object name, resourceVersion, data keys.
+struct WatchEvent {
+    kind: String,
+    name: String,
+    rv: u64,
+    data_keys: Vec<String>,
+}
+
+/// A watch from a resourceVersion that is reopened from the last resourceVersion it
+/// delivered whenever its stream ends (as a client such as an informer would).
+struct ResumableWatch {
+    api: Api,
+    base: String,
+    stream: WatchStream,
+    last_rv: String,
+    events: Vec<WatchEvent>,
+    /// ERROR events and lines that are not events.
+    errors: Vec<String>,
+    /// When each stream ended, and the resourceVersion it was reopened from.
+    resumed: Vec<(Instant, String)>,
+}
+
+impl ResumableWatch {
+    fn open(api: &Api, base: &str, rv: &str) -> ResumableWatch {
+        ResumableWatch {
+            api: api.clone(),
+            base: base.to_string(),
+            stream: WatchStream::open(api, &format!("{base}?watch=1&resourceVersion={rv}")),
+            last_rv: rv.to_string(),
+            events: Vec::new(),
+            errors: Vec::new(),
+            resumed: Vec::new(),
+        }
+    }
+
+    /// Reads events until the ADDED event of `name`, reopening ended streams; false if it does
+    /// not come within `within`.
+    fn read_until_added(&mut self, name: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stream.lines.recv_timeout(left) {
+                Ok(Some(line)) => {
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        self.errors.push(format!("not JSON: {line:?}"));
+                        continue;
+                    };
+                    let kind = v["type"].as_str().unwrap_or("").to_string();
+                    let object = &v["object"];
+                    if kind.is_empty() || kind == "ERROR" {
+                        self.errors.push(format!("{kind} {}", if kind.is_empty() { &v } else { object }));
+                        continue;
+                    }
+                    let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+                    let event = WatchEvent {
+                        kind,
+                        name: object["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+                        rv: rv.parse().unwrap_or(0),
+                        data_keys: object["data"].as_object().map(|d| d.keys().cloned().collect()).unwrap_or_default(),
+                    };
+                    self.last_rv = rv;
+                    let done = event.kind == "ADDED" && event.name == name;
+                    self.events.push(event);
+                    if done {
+                        return true;
+                    }
+                }
+                Ok(None) => {
+                    // The stream ended: reopen from the last resourceVersion seen.
+                    let ended = self.stream.ended.lock().expect("ended lock").unwrap_or_else(Instant::now);
+                    self.resumed.push((ended, self.last_rv.clone()));
+                    if self.resumed.len() > 100 || Instant::now() > deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    let path = format!("{}?watch=1&resourceVersion={}", self.base, self.last_rv);
+                    self.stream = WatchStream::open(&self.api, &path);
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn show(&self, fault_at: Instant) -> String {
+        let ended: Vec<String> = self
+            .resumed
+            .iter()
+            .map(|(at, rv)| {
+                let t = if *at >= fault_at {
+                    format!("{:?} after the kill", *at - fault_at)
+                } else {
+                    format!("{:?} before the kill", fault_at - *at)
+                };
+                format!("ended {t}, resumed from {rv}")
+            })
+            .collect();
+        format!(
+            "{} events, {} stream(s): {}; errors {:?}",
+            self.events.len(),
+            self.resumed.len() + 1,
+            if ended.is_empty() { "never ended".to_string() } else { ended.join("; ") },
+            self.errors
+        )
+    }
+}
+
+/// A watch stream (`curl -N`, no `--max-time`: it lasts as long as the apiserver keeps it);
+/// its lines are sent by a reader thread, then `None` when it ends. Dropping it kills curl.
+struct WatchStream {
+    curl: Child,
+    lines: mpsc::Receiver<Option<String>>,
+    ended: Arc<Mutex<Option<Instant>>>,
+}
+
+impl WatchStream {
+    fn open(api: &Api, path: &str) -> WatchStream {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-k", "-N", "-H"])
+            .arg(format!("Authorization: Bearer {TOKEN}"))
+            .arg(api.url(path))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut curl = cmd.spawn().expect("run curl for a watch");
+        let stdout = curl.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        let ended = Arc::new(Mutex::new(None));
+        let ended_w = ended.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Some(line)).is_err() {
+                    return;
+                }
+            }
+            *ended_w.lock().expect("ended lock") = Some(Instant::now());
+            let _ = tx.send(None);
+        });
+        WatchStream { curl, lines, ended }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let _ = self.curl.kill();
+        let _ = self.curl.wait();
     }
 }

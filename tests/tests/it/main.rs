@@ -28,7 +28,8 @@
 //!   compared with a 3-member etcd cluster.
 //! - `kube`: an unmodified kube-apiserver on etcd and on Cairn running the same scenario
 //!   (namespaces, configmap CRUD and conflicts, pagination, watches, lists at old
-//!   resourceVersions, big objects); opt-in, needs `CAIRN_KUBE_APISERVER`
+//!   resourceVersions, big objects), and on 3-member clusters of each under a leader kill -9,
+//!   a member restart and a paused follower; opt-in, needs `CAIRN_KUBE_APISERVER`
 //!   (`scripts/kube-e2e.sh`).
 //! - `partition`: network partitions (members in network namespaces, needs root): an
 //!   isolated leader that its clients still reach, compared with etcd.
