@@ -659,11 +659,6 @@ impl LogStore {
         &self.inner.fsync_times
     }
 
-    /// How many segment files the log has now.
-    pub fn segments(&self) -> usize {
-        self.inner.durable.lock().expect("durable lock poisoned").files.len()
-    }
-
     /// Appends `entries` and waits until they are durable (what openraft's callback learns).
     /// For tests and tools: openraft itself uses [`RaftLogStorage::append`].
     pub async fn append_and_wait(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
